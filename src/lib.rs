@@ -1,0 +1,17 @@
+//! behalf: a sidecar that lets one AI agent serve many people safely.
+//!
+//! Agent tool calls run in sandboxes that hold no secrets; every request they make leaves
+//! through one egress pipeline that knows who the current user is, checks the policy files and
+//! injects that user's scoped credential at the boundary. `../shared/DESIGN.md` is the contract.
+//!
+//! Modules, named after the concepts in DESIGN.md:
+//!
+//! - [`principal`]: validated tenant, user and group ids, and the principal they form.
+//! - [`policy`]: policy files → validated, indexed [`policy::PolicySet`]; pure decisions.
+//! - [`cli`]: the `behalf` command line (the binary in `main.rs` only parses and calls it).
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod policy;
+pub mod principal;

@@ -1,0 +1,4 @@
+//! Integration tests: one binary so heavy dependencies link once.
+
+mod cli_policy;
+mod policy_load;
