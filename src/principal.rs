@@ -160,14 +160,22 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_ids() {
-        for ok in ["acme", "alice@example.com", "a.b", "A-Z_0+9", &"x".repeat(128)] {
+        for ok in [
+            "acme",
+            "alice@example.com",
+            "a.b",
+            "A-Z_0+9",
+            &"x".repeat(128),
+        ] {
             assert!(UserId::parse(ok).is_ok(), "{ok}");
         }
     }
 
     #[test]
     fn rejects_path_tricks_and_bad_lengths() {
-        for bad in ["", ".", "..", "../x", "a/b", ".hidden", "a b", "a\0b", "ünï", "a\\b"] {
+        for bad in [
+            "", ".", "..", "../x", "a/b", ".hidden", "a b", "a\0b", "ünï", "a\\b",
+        ] {
             assert!(TenantId::parse(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(matches!(

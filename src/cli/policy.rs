@@ -81,6 +81,10 @@ fn check(dir: &Path) -> u8 {
         Ok(p) => p,
         Err(code) => return code,
     };
+    let cases = match load_cases(dir) {
+        Ok(cases) => cases,
+        Err(code) => return code,
+    };
     let settings = policy.settings();
     println!(
         "{}: policy is valid{}",
@@ -110,7 +114,12 @@ fn check(dir: &Path) -> u8 {
         );
         for g in &t.grants {
             let routes: Vec<String> = g.allow.iter().map(ToString::to_string).collect();
-            println!("    grant {:<18} {} → {}", g.id, g.service, routes.join(", "));
+            println!(
+                "    grant {:<22} {} → {}",
+                g.id,
+                g.service,
+                routes.join(", ")
+            );
         }
         tools.extend(t.tool_refs.iter().map(|(name, _)| name.as_str().to_owned()));
     }
@@ -125,6 +134,10 @@ fn check(dir: &Path) -> u8 {
         }
     );
     println!("issuers configured: {}", settings.issuers.len());
+    println!(
+        "policy test cases: {} (run them with `behalf policy test`)",
+        cases.len()
+    );
     exit::OK
 }
 
@@ -207,7 +220,10 @@ fn explain(args: &ExplainArgs, policies: &Path) -> u8 {
                 join(&grant.who)
             ),
             GrantCheck::ClientNotListed => {
-                format!("clients = [{}] does not admit {client}", join(&grant.clients))
+                format!(
+                    "clients = [{}] does not admit {client}",
+                    join(&grant.clients)
+                )
             }
             GrantCheck::NoRoute => format!(
                 "allow = [{}] has no route for {method} {}",
@@ -215,7 +231,11 @@ fn explain(args: &ExplainArgs, policies: &Path) -> u8 {
                 target.path
             ),
         };
-        let mark = if *check == GrantCheck::Matched { "✓" } else { "✗" };
+        let mark = if *check == GrantCheck::Matched {
+            "✓"
+        } else {
+            "✗"
+        };
         println!("  {mark} {} ({}): {why}", grant.id, grant.at);
     }
     match &explanation.decision {
@@ -244,25 +264,36 @@ fn join<T: ToString>(items: &[T]) -> String {
         .join(", ")
 }
 
+/// Parses `DIR/tests/*.toml`, printing every problem on failure.
+fn load_cases(dir: &Path) -> Result<Vec<testing::Case>, u8> {
+    let mut diags = Diagnostics::default();
+    let sources = Sources::read(dir, &mut diags);
+    let cases = testing::parse_cases(&sources.tests, &mut diags);
+    if diags.has_errors() {
+        let diagnostics = diags.into_sorted();
+        eprintln!("{}", crate::policy::LoadError { diagnostics });
+        return Err(exit::CONFIG);
+    }
+    Ok(cases)
+}
+
 fn test(dir: &Path) -> u8 {
     let policy = match load(dir) {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let mut diags = Diagnostics::default();
-    let sources = Sources::read(dir, &mut diags);
-    let cases = testing::parse_cases(&sources.tests, &mut diags);
-    if diags.has_errors() {
-        for d in diags.into_sorted() {
-            eprintln!("{d}");
-        }
-        return exit::CONFIG;
-    }
+    let cases = match load_cases(dir) {
+        Ok(cases) => cases,
+        Err(code) => return code,
+    };
     if cases.is_empty() {
+        // A test run that tests nothing must not look like a pass.
         eprintln!(
-            "warning: no policy test cases found in {}",
+            "error: no policy test cases found in {}; add [[case]] entries to tests/*.toml",
             dir.join("tests").display()
         );
+        println!("0 passed, 0 failed");
+        return exit::NEGATIVE;
     }
     let (mut passed, mut failed) = (0, 0);
     for case in &cases {
@@ -282,5 +313,9 @@ fn test(dir: &Path) -> u8 {
         }
     }
     println!("{passed} passed, {failed} failed");
-    if failed == 0 { exit::OK } else { exit::NEGATIVE }
+    if failed == 0 {
+        exit::OK
+    } else {
+        exit::NEGATIVE
+    }
 }

@@ -105,13 +105,19 @@ impl fmt::Display for Deny {
                 "no grant for service `{service}` names this user or any of their groups"
             ),
             Self::ClientNotGranted { service, client } => {
-                write!(f, "no grant for service `{service}` admits client `{client}`")
+                write!(
+                    f,
+                    "no grant for service `{service}` admits client `{client}`"
+                )
             }
             Self::RouteNotGranted {
                 service,
                 method,
                 path,
-            } => write!(f, "no grant for service `{service}` allows `{method} {path}`"),
+            } => write!(
+                f,
+                "no grant for service `{service}` allows `{method} {path}`"
+            ),
         }
     }
 }
@@ -299,11 +305,7 @@ impl PolicySet {
             .iter()
             .find(|a| a.tools.contains(tool) && a.who.iter().any(|w| w.covers(principal)))
             .map_or_else(
-                || {
-                    ToolDecision::Deny(ToolDeny::NoToolAccess {
-                        tool: tool.clone(),
-                    })
-                },
+                || ToolDecision::Deny(ToolDeny::NoToolAccess { tool: tool.clone() }),
                 ToolDecision::Allow,
             )
     }

@@ -29,10 +29,11 @@ impl Sources {
     /// Reads a policies directory. Missing subdirectories are empty; an unreadable file is an
     /// error naming it.
     pub fn read(dir: &Path, diags: &mut Diagnostics) -> Self {
-        let base = match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
+        // Absolute first, so that `.`, `..` and `foo/.` have the parent the user means.
+        let base = std::path::absolute(dir)
+            .ok()
+            .and_then(|d| d.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."));
         let mut sources = Self {
             base,
             ..Self::default()
@@ -78,7 +79,10 @@ fn read_dir(dir: &Path, diags: &mut Diagnostics) -> Vec<SourceFile> {
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     paths.sort();
     paths.iter().filter_map(|p| read_file(p, diags)).collect()
@@ -137,12 +141,20 @@ impl<'a> Document<'a> {
             .map(|(_, v)| v)
     }
 
+    /// Whether `key` is present.
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.value(key).is_some()
+    }
+
     /// Where `key` is written, or the start of the table when it is absent.
     pub(crate) fn key_at(&self, key: &str) -> Location {
         self.table
             .iter()
             .find(|(k, _)| k.get_ref() == key)
-            .map_or_else(|| self.file.at(self.span.clone()), |(k, _)| self.file.at(k.span()))
+            .map_or_else(
+                || self.file.at(self.span.clone()),
+                |(k, _)| self.file.at(k.span()),
+            )
     }
 
     /// Deserialises one key's value; `None` if absent or invalid (the problem is recorded).

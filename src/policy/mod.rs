@@ -97,11 +97,15 @@ impl PolicySet {
             Some(file) => Settings::parse(file, &sources.base, &mut diags),
             None => Settings::defaults(&sources.base),
         };
-        let services: Vec<Service> = sources
-            .services
-            .iter()
-            .filter_map(|f| Service::parse(f, &sources.base, &mut diags))
-            .collect();
+        let mut services = Vec::new();
+        // Services with errors of their own: grants naming them are not reported again.
+        let mut invalid_services = Vec::new();
+        for file in &sources.services {
+            match Service::parse(file, &sources.base, &mut diags) {
+                Ok(s) => services.push(s),
+                Err(name) => invalid_services.extend(name),
+            }
+        }
         let tenants: Vec<Tenant> = sources
             .tenants
             .iter()
@@ -166,6 +170,7 @@ impl PolicySet {
             for (gi, (grant, at)) in tenant.grants.iter().zip(&tenant.service_refs).enumerate() {
                 match by_name.get(&grant.service) {
                     Some(&si) => grants_by_service.entry(si).or_default().push(gi),
+                    None if invalid_services.contains(&grant.service) => {}
                     None => diags.error(
                         at.clone(),
                         format!(
@@ -181,15 +186,18 @@ impl PolicySet {
                 if !tools_present {
                     if !tools_warned {
                         diags.warning(
-                            at.clone(),
-                            format!(
-                                "tools dir `{}` not found, so tool names are not checked",
-                                settings.tools_dir.display()
-                            ),
+                            Location::file(&settings.tools_dir),
+                            "tools dir (`tools_dir`) not found, so the tool names in tenant files \
+                             are not checked",
                         );
                         tools_warned = true;
                     }
-                } else if !settings.tools_dir.join(tool.as_str()).join("tool.toml").is_file() {
+                } else if !settings
+                    .tools_dir
+                    .join(tool.as_str())
+                    .join("tool.toml")
+                    .is_file()
+                {
                     diags.error(
                         at.clone(),
                         format!(

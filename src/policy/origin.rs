@@ -61,7 +61,9 @@ pub enum OriginError {
     #[error("origin must not contain userinfo (`user@`)")]
     Userinfo,
     /// A path, query or fragment after the authority.
-    #[error("origin must not have a path, query or fragment (found `{0}`); write only `scheme://host[:port]`")]
+    #[error(
+        "origin must not have a path, query or fragment (found `{0}`); write only `scheme://host[:port]`"
+    )]
     Path(String),
     /// The port was not a number in 1..=65535.
     #[error("port `{0}` is not a number from 1 to 65535")]
@@ -70,7 +72,9 @@ pub enum OriginError {
     #[error("host `{0}` is not a valid DNS name or IP address")]
     Host(String),
     /// A wildcard anywhere but as the whole first label.
-    #[error("wildcard host `{0}` is not allowed; only `*.` as the whole first label (`*.example.com`)")]
+    #[error(
+        "wildcard host `{0}` is not allowed; only `*.` as the whole first label (`*.example.com`)"
+    )]
     Wildcard(String),
 }
 
@@ -376,17 +380,38 @@ mod tests {
         assert!(!p.matches(&origin("https://api.github.com:8443")));
         assert!(!p.matches(&origin("http://api.github.com")));
         assert!(pat("http://x.test:80").matches(&origin("http://x.test")));
-        assert_eq!(origin("https://api.github.com:443").to_string(), "https://api.github.com");
+        assert_eq!(
+            origin("https://api.github.com:443").to_string(),
+            "https://api.github.com"
+        );
     }
 
     #[test]
     fn malformed_origins_are_rejected() {
-        assert_eq!(Origin::parse("https://u:p@x.com"), Err(OriginError::Userinfo));
-        assert!(matches!(Origin::parse("https://x.com/api"), Err(OriginError::Path(_))));
-        assert!(matches!(Origin::parse("https://x.com:0"), Err(OriginError::Port(_))));
-        assert!(matches!(Origin::parse("https://x.com:99999"), Err(OriginError::Port(_))));
-        assert!(matches!(Origin::parse("https://x.com:+80"), Err(OriginError::Port(_))));
-        assert!(matches!(Origin::parse("ftp://x.com"), Err(OriginError::Scheme(_))));
+        assert_eq!(
+            Origin::parse("https://u:p@x.com"),
+            Err(OriginError::Userinfo)
+        );
+        assert!(matches!(
+            Origin::parse("https://x.com/api"),
+            Err(OriginError::Path(_))
+        ));
+        assert!(matches!(
+            Origin::parse("https://x.com:0"),
+            Err(OriginError::Port(_))
+        ));
+        assert!(matches!(
+            Origin::parse("https://x.com:99999"),
+            Err(OriginError::Port(_))
+        ));
+        assert!(matches!(
+            Origin::parse("https://x.com:+80"),
+            Err(OriginError::Port(_))
+        ));
+        assert!(matches!(
+            Origin::parse("ftp://x.com"),
+            Err(OriginError::Scheme(_))
+        ));
         assert!(Origin::parse("https://x_y.com").is_err());
         assert!(Origin::parse("https://x.com\r\n").is_err());
         assert!(Origin::parse("x.com").is_err());
@@ -394,7 +419,10 @@ mod tests {
 
     #[test]
     fn ip_literals_are_canonical() {
-        assert_eq!(origin("http://[0:0::1]:8080").to_string(), "http://[::1]:8080");
+        assert_eq!(
+            origin("http://[0:0::1]:8080").to_string(),
+            "http://[::1]:8080"
+        );
         assert_eq!(origin("http://127.0.0.1").host.as_str(), "127.0.0.1");
     }
 }

@@ -24,7 +24,9 @@ pub enum PathError {
     #[error("path has a malformed percent-escape")]
     BadEscape,
     /// An escape that would change the path's structure if decoded.
-    #[error("path contains `%{0:02X}` (an encoded `{1}`), which is rejected rather than guessed at")]
+    #[error(
+        "path contains `%{0:02X}` (an encoded `{1}`), which is rejected rather than guessed at"
+    )]
     EncodedDelimiter(u8, char),
     /// `..` or `.` disguised with `;parameters`.
     #[error("path segment `{0}` is a dot-segment once its `;parameters` are stripped")]
@@ -236,18 +238,45 @@ mod tests {
 
     #[test]
     fn path_tricks_are_rejected() {
-        assert!(matches!(norm("/a/%2e%2e/b"), Err(PathError::EncodedDelimiter(b'.', _))));
-        assert!(matches!(norm("/a/%2E/b"), Err(PathError::EncodedDelimiter(b'.', _))));
-        assert!(matches!(norm("/a%2fb"), Err(PathError::EncodedDelimiter(b'/', _))));
-        assert!(matches!(norm("/a%2Fb"), Err(PathError::EncodedDelimiter(b'/', _))));
-        assert!(matches!(norm("/a%5cb"), Err(PathError::EncodedDelimiter(b'\\', _))));
-        assert!(matches!(norm("/a%252fb"), Err(PathError::EncodedDelimiter(b'%', _))));
-        assert!(matches!(norm("/a%00"), Err(PathError::EncodedDelimiter(0, _))));
+        assert!(matches!(
+            norm("/a/%2e%2e/b"),
+            Err(PathError::EncodedDelimiter(b'.', _))
+        ));
+        assert!(matches!(
+            norm("/a/%2E/b"),
+            Err(PathError::EncodedDelimiter(b'.', _))
+        ));
+        assert!(matches!(
+            norm("/a%2fb"),
+            Err(PathError::EncodedDelimiter(b'/', _))
+        ));
+        assert!(matches!(
+            norm("/a%2Fb"),
+            Err(PathError::EncodedDelimiter(b'/', _))
+        ));
+        assert!(matches!(
+            norm("/a%5cb"),
+            Err(PathError::EncodedDelimiter(b'\\', _))
+        ));
+        assert!(matches!(
+            norm("/a%252fb"),
+            Err(PathError::EncodedDelimiter(b'%', _))
+        ));
+        assert!(matches!(
+            norm("/a%00"),
+            Err(PathError::EncodedDelimiter(0, _))
+        ));
         assert!(matches!(norm("/a\\b"), Err(PathError::BadByte('\\'))));
         assert!(matches!(norm("/a\0b"), Err(PathError::BadByte('\0'))));
         assert!(matches!(norm("/a\r\nb"), Err(PathError::BadByte('\r'))));
-        assert!(matches!(norm("/a/..;x/b"), Err(PathError::DisguisedDotSegment(_))));
-        assert!(matches!(norm("/a/.;x/b"), Err(PathError::DisguisedDotSegment(_))));
+        assert!(matches!(
+            norm("/a/..;x/b"),
+            Err(PathError::DisguisedDotSegment(_))
+        ));
+        assert!(matches!(
+            norm("/a/.;x/b"),
+            Err(PathError::DisguisedDotSegment(_))
+        ));
         assert!(matches!(norm("/../a"), Err(PathError::AboveRoot)));
         assert!(matches!(norm("/a/%zz"), Err(PathError::BadEscape)));
         assert!(matches!(norm("/a/%2"), Err(PathError::BadEscape)));
@@ -261,7 +290,9 @@ mod tests {
     }
 
     fn matches(pattern: &str, path: &str) -> bool {
-        PathPattern::parse(pattern).unwrap().matches(&norm(path).unwrap())
+        PathPattern::parse(pattern)
+            .unwrap()
+            .matches(&norm(path).unwrap())
     }
 
     #[test]
@@ -296,10 +327,22 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_rejected() {
-        assert!(matches!(PathPattern::parse("/a/../b"), Err(PatternError::NotNormal(_))));
-        assert!(matches!(PathPattern::parse("//a"), Err(PatternError::NotNormal(_))));
-        assert!(matches!(PathPattern::parse("/a*/b"), Err(PatternError::PartialWildcard(_))));
-        assert!(matches!(PathPattern::parse("/a/***"), Err(PatternError::PartialWildcard(_))));
+        assert!(matches!(
+            PathPattern::parse("/a/../b"),
+            Err(PatternError::NotNormal(_))
+        ));
+        assert!(matches!(
+            PathPattern::parse("//a"),
+            Err(PatternError::NotNormal(_))
+        ));
+        assert!(matches!(
+            PathPattern::parse("/a*/b"),
+            Err(PatternError::PartialWildcard(_))
+        ));
+        assert!(matches!(
+            PathPattern::parse("/a/***"),
+            Err(PatternError::PartialWildcard(_))
+        ));
         assert!(PathPattern::parse("a/b").is_err());
         assert!(PathPattern::parse("/a%2fb").is_err());
     }

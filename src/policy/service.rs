@@ -128,7 +128,11 @@ impl CredentialRef {
         let scope = match scope {
             "user" => CredentialScope::User,
             "tenant" => CredentialScope::Tenant,
-            _ => return Err(format!("credential `{s}` must be `user:NAME` or `tenant:NAME`")),
+            _ => {
+                return Err(format!(
+                    "credential `{s}` must be `user:NAME` or `tenant:NAME`"
+                ));
+            }
         };
         Ok(Self {
             name: CredentialName::parse(name)?,
@@ -159,7 +163,9 @@ impl Template {
     pub fn parse(s: &str, slot: &str) -> Result<Self, String> {
         let marker = format!("{{{slot}}}");
         let Some((prefix, suffix)) = s.split_once(&marker) else {
-            return Err(format!("template `{s}` must contain `{marker}` exactly once"));
+            return Err(format!(
+                "template `{s}` must contain `{marker}` exactly once"
+            ));
         };
         if prefix.contains(['{', '}']) || suffix.contains(['{', '}']) {
             return Err(format!(
@@ -260,7 +266,7 @@ pub struct Service {
     pub allow_plaintext: bool,
     /// `*.` origins may carry its credential.
     pub allow_wildcard_origins: bool,
-    /// Where `[service]` is written.
+    /// Where the service's `name` is written.
     pub defined_at: Location,
     /// Where each origin is written (parallel to `origins`).
     pub origin_locations: Vec<Location>,
@@ -285,6 +291,12 @@ struct RawService {
     allow_plaintext: bool,
     #[serde(default)]
     allow_wildcard_origins: bool,
+}
+
+/// Just the name of a service whose table is otherwise invalid.
+#[derive(Deserialize)]
+struct NameOnly {
+    name: String,
 }
 
 fn yes() -> bool {
@@ -330,14 +342,23 @@ struct RawSigv4 {
 }
 
 impl Service {
-    /// Parses one service file, recording every problem found in it.
-    pub(crate) fn parse(file: &SourceFile, base: &std::path::Path, diags: &mut Diagnostics) -> Option<Self> {
-        let doc = Document::parse(file, &["service"], diags)?;
+    /// Parses one service file, recording every problem found in it. On failure, returns the
+    /// service's name if that much was valid, so that grants naming it are not reported again.
+    pub(crate) fn parse(
+        file: &SourceFile,
+        base: &std::path::Path,
+        diags: &mut Diagnostics,
+    ) -> Result<Self, Option<ServiceName>> {
+        let doc = Document::parse(file, &["service"], diags).ok_or(None)?;
         let Some(raw) = doc.get::<RawService>("service", diags) else {
-            if !diags.has_errors() {
+            if !doc.has("service") {
                 diags.error(file.whole(), "expected a `[service]` table");
             }
-            return None;
+            // The shape is wrong, but the name may still be readable.
+            let name = doc
+                .get::<NameOnly>("service", &mut Diagnostics::default())
+                .and_then(|n| ServiceName::parse(&n.name).ok());
+            return Err(name);
         };
         let mut ok = true;
         let mut fail = |diags: &mut Diagnostics, at: Location, msg: String| {
@@ -364,13 +385,16 @@ impl Service {
             }
         });
 
-        let inject = raw.inject.as_ref().and_then(|i| match parse_inject(i.get_ref()) {
-            Ok(inject) => Some(inject),
-            Err((span, msg)) => {
-                fail(diags, at(span.unwrap_or(i.span())), msg);
-                None
-            }
-        });
+        let inject = raw
+            .inject
+            .as_ref()
+            .and_then(|i| match parse_inject(i.get_ref()) {
+                Ok(inject) => Some(inject),
+                Err((span, msg)) => {
+                    fail(diags, at(span.unwrap_or(i.span())), msg);
+                    None
+                }
+            });
         match (&raw.credential, &raw.inject) {
             (Some(c), None) => fail(
                 diags,
@@ -432,11 +456,12 @@ impl Service {
                 Err(e) => fail(diags, at(o.span()), format!("invalid origin: {e}")),
             }
         }
-        if !ok {
-            return None;
-        }
-        Some(Self {
-            name: name?,
+        let name = match name {
+            Some(name) if ok => name,
+            name => return Err(name),
+        };
+        Ok(Self {
+            name,
             origins,
             credential,
             inject,
@@ -445,7 +470,7 @@ impl Service {
             allow_private_ips: raw.allow_private_ips,
             allow_plaintext: raw.allow_plaintext,
             allow_wildcard_origins: raw.allow_wildcard_origins,
-            defined_at: doc.key_at("service"),
+            defined_at: at(raw.name.span()),
             origin_locations,
         })
     }
@@ -502,7 +527,10 @@ fn parse_inject(raw: &RawInject) -> Result<Inject, InjectError> {
     }
     if let Some(b) = &raw.basic {
         if b.username.contains(':') || b.username.chars().any(char::is_control) {
-            return Err((None, "basic `username` must not contain `:` or control characters".into()));
+            return Err((
+                None,
+                "basic `username` must not contain `:` or control characters".into(),
+            ));
         }
         return Ok(Inject::Basic {
             username: b.username.clone(),
@@ -516,7 +544,10 @@ fn parse_inject(raw: &RawInject) -> Result<Inject, InjectError> {
         if !valid {
             return Err((
                 Some(q.span()),
-                format!("query parameter `{}` must be 1+ of A-Z a-z 0-9 _ - .", q.get_ref()),
+                format!(
+                    "query parameter `{}` must be 1+ of A-Z a-z 0-9 _ - .",
+                    q.get_ref()
+                ),
             ));
         }
         return Ok(Inject::Query {

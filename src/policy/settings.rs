@@ -390,7 +390,10 @@ impl Issuer {
                     fail(
                         diags,
                         u.span(),
-                        format!("`jwks_url` must be an https:// URL, found `{}`", u.get_ref()),
+                        format!(
+                            "`jwks_url` must be an https:// URL, found `{}`",
+                            u.get_ref()
+                        ),
                     );
                 }
                 Some(KeySource::JwksUrl(u.into_inner()))

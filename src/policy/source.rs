@@ -57,25 +57,28 @@ impl SourceFile {
 pub struct Location {
     /// The file.
     pub file: PathBuf,
-    /// 1-based line.
+    /// 1-based line; 0 when the location is a whole file or directory.
     pub line: usize,
     /// 1-based column, in characters.
     pub column: usize,
 }
 
 impl Location {
-    /// A location for a file that could not be read at all.
+    /// A location naming a file or directory as a whole (shown without line and column).
     pub fn file(path: &Path) -> Self {
         Self {
             file: path.to_owned(),
-            line: 1,
-            column: 1,
+            line: 0,
+            column: 0,
         }
     }
 }
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            return write!(f, "{}", self.file.display());
+        }
         write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
     }
 }
@@ -149,7 +152,8 @@ impl Diagnostics {
 
     /// All diagnostics, sorted by file and position.
     pub fn into_sorted(mut self) -> Vec<Diagnostic> {
-        self.items.sort_by(|a, b| a.at.cmp(&b.at).then(b.severity.cmp(&a.severity)));
+        self.items
+            .sort_by(|a, b| a.at.cmp(&b.at).then(b.severity.cmp(&a.severity)));
         self.items
     }
 }

@@ -25,7 +25,7 @@ pub enum TargetError {
     #[error("bad target: the query contains a control character, space or non-ASCII byte")]
     Query,
     /// The method is not a valid token.
-    #[error("bad method `{0}`")]
+    #[error("bad method `{0}`: methods are upper-case tokens such as GET or POST")]
     Method(String),
 }
 
@@ -52,7 +52,10 @@ impl Target {
             Some((p, q)) => (p, Some(q)),
             None => (rest, None),
         };
-        if query.is_some_and(|q| q.bytes().any(|b| b.is_ascii_control() || b == b' ' || !b.is_ascii())) {
+        if query.is_some_and(|q| {
+            q.bytes()
+                .any(|b| b.is_ascii_control() || b == b' ' || !b.is_ascii())
+        }) {
             return Err(TargetError::Query);
         }
         Ok(Self {

@@ -55,7 +55,9 @@ impl Who {
         };
         match kind {
             "user" => UserId::parse(id).map(Self::User).map_err(|e| e.to_string()),
-            "group" => GroupId::parse(id).map(Self::Group).map_err(|e| e.to_string()),
+            "group" => GroupId::parse(id)
+                .map(Self::Group)
+                .map_err(|e| e.to_string()),
             "tenant" if id != tenant.as_str() => Err(format!(
                 "`{s}` names tenant `{id}`, but this file is tenant `{tenant}`'s; a tenant file \
                  may only grant to its own members"
@@ -157,7 +159,8 @@ impl Route {
             ));
         }
         let method = Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
-        let path = PathPattern::parse(path.trim_start()).map_err(|e| format!("route `{s}`: {e}"))?;
+        let path =
+            PathPattern::parse(path.trim_start()).map_err(|e| format!("route `{s}`: {e}"))?;
         Ok(Self { method, path })
     }
 
@@ -248,7 +251,12 @@ impl Tenant {
     pub(crate) fn parse(file: &SourceFile, diags: &mut Diagnostics) -> Option<Self> {
         let doc = Document::parse(file, &["tenant", "tool_access", "grant"], diags)?;
         let Some(raw) = doc.get::<RawTenant>("tenant", diags) else {
-            diags.error(file.whole(), "expected a `[tenant]` table with `name = \"...\"`");
+            if !doc.has("tenant") {
+                diags.error(
+                    file.whole(),
+                    "expected a `[tenant]` table with `name = \"...\"`",
+                );
+            }
             return None;
         };
         let at = |span| file.at(span);
@@ -290,7 +298,10 @@ impl Tenant {
         for (entry_at, raw) in doc.items::<RawToolAccess>("tool_access", diags) {
             let who = who_list(&raw.who, &mut ok, diags);
             if raw.who.is_empty() {
-                diags.error(entry_at.clone(), "`who` must name at least one user, group or `*`");
+                diags.error(
+                    entry_at.clone(),
+                    "`who` must name at least one user, group or `*`",
+                );
                 ok = false;
             }
             let mut tools = Vec::new();
@@ -341,7 +352,10 @@ impl Tenant {
             }
             let who = who_list(&raw.who, &mut ok, diags);
             if raw.who.is_empty() {
-                diags.error(entry_at.clone(), "`who` must name at least one user, group or `*`");
+                diags.error(
+                    entry_at.clone(),
+                    "`who` must name at least one user, group or `*`",
+                );
                 ok = false;
             }
             let mut clients = Vec::new();

@@ -4,13 +4,13 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::PolicySet;
 use super::decide::Decision;
 use super::load::Document;
 use super::service::CredentialRef;
 use super::source::{Diagnostics, Location, SourceFile};
 use super::target::{Target, parse_request_line};
 use super::tenant::Client;
-use super::PolicySet;
 use crate::principal::{GroupId, Principal, TenantId, UserId};
 
 /// What a case expects.
@@ -146,6 +146,24 @@ impl Case {
                     r.get_ref(),
                     REASONS.join(", ")
                 ),
+            );
+            return None;
+        }
+        if raw.expect == Expect::Deny
+            && let Some(c) = &raw.credential
+        {
+            diags.error(
+                file.at(c.span()),
+                "`credential` only applies to expect = \"allow\" (a denied request injects nothing)",
+            );
+            return None;
+        }
+        if raw.expect == Expect::Allow
+            && let Some(r) = &raw.reason
+        {
+            diags.error(
+                file.at(r.span()),
+                "`reason` only applies to expect = \"deny\"",
             );
             return None;
         }

@@ -20,7 +20,9 @@ pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
                 ))
             })?;
             if parsed.is_zero() {
-                return Err(E::custom(format!("duration `{v}` must be greater than zero")));
+                return Err(E::custom(format!(
+                    "duration `{v}` must be greater than zero"
+                )));
             }
             Ok(parsed)
         }

@@ -1,4 +1,5 @@
 //! Integration tests: one binary so heavy dependencies link once.
 
 mod cli_policy;
+mod policy_decide;
 mod policy_load;
