@@ -8,10 +8,14 @@
 //!
 //! - [`principal`]: validated tenant, user and group ids, and the principal they form.
 //! - [`policy`]: policy files → validated, indexed [`policy::PolicySet`]; pure decisions.
+//! - [`identity`]: verifying identity tokens (JWT) into principals; the dev issuer.
+//! - [`state`]: the private state directory and atomic, 0600 file writes.
 //! - [`cli`]: the `behalf` command line (the binary in `main.rs` only parses and calls it).
 
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod identity;
 pub mod policy;
 pub mod principal;
+pub mod state;

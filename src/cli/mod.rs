@@ -3,10 +3,14 @@
 //! 64 bad configuration (named file and line), 70 internal error.
 
 mod policy;
+mod token;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+
+use crate::policy::PolicySet;
+use crate::state::StateDir;
 
 /// Exit codes shared by every subcommand.
 pub mod exit {
@@ -45,11 +49,41 @@ pub enum Command {
     /// Author and review policy files.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Development identity tokens (dev mode only).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Policy(cmd) => policy::run(cmd, &cli.policies),
+        Command::Token(cmd) => token::run(cmd, &cli.policies, cli.state.as_deref()),
     }
+}
+
+/// Loads a policy set, printing every diagnostic on failure (exit 64) and warnings on success.
+pub(crate) fn load_policy(dir: &Path) -> Result<PolicySet, u8> {
+    match PolicySet::load(dir) {
+        Ok(policy) => {
+            for w in policy.warnings() {
+                eprintln!("{w}");
+            }
+            Ok(policy)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Err(exit::CONFIG)
+        }
+    }
+}
+
+/// Opens the state directory: `--state` if given, else `state_dir` from behalf.toml.
+/// A directory that cannot be used is a configuration error (exit 64).
+pub(crate) fn open_state(policy: &PolicySet, state: Option<&Path>) -> Result<StateDir, u8> {
+    let path = state.unwrap_or(&policy.settings().state_dir);
+    StateDir::open(path).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::CONFIG
+    })
 }

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use super::exit;
 use crate::policy::testing::{self, Outcome};
 use crate::policy::{
-    Client, Decision, Diagnostics, GrantCheck, Inject, PolicySet, Service, Sources, target,
+    Client, Decision, Diagnostics, GrantCheck, Inject, Service, Sources, target,
 };
 use crate::principal::{GroupId, Principal, TenantId, UserId};
 
@@ -60,24 +60,9 @@ pub fn run(cmd: PolicyCommand, policies: &Path) -> u8 {
     }
 }
 
-/// Loads a policy set, printing every diagnostic on failure and warnings on success.
-fn load(dir: &Path) -> Result<PolicySet, u8> {
-    match PolicySet::load(dir) {
-        Ok(policy) => {
-            for w in policy.warnings() {
-                eprintln!("{w}");
-            }
-            Ok(policy)
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            Err(exit::CONFIG)
-        }
-    }
-}
 
 fn check(dir: &Path) -> u8 {
-    let policy = match load(dir) {
+    let policy = match super::load_policy(dir) {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -188,7 +173,7 @@ fn explain(args: &ExplainArgs, policies: &Path) -> u8 {
             return exit::USAGE;
         }
     };
-    let policy = match load(policies) {
+    let policy = match super::load_policy(policies) {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -278,7 +263,7 @@ fn load_cases(dir: &Path) -> Result<Vec<testing::Case>, u8> {
 }
 
 fn test(dir: &Path) -> u8 {
-    let policy = match load(dir) {
+    let policy = match super::load_policy(dir) {
         Ok(p) => p,
         Err(code) => return code,
     };

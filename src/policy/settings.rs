@@ -340,6 +340,18 @@ impl Settings {
                 };
                 if settings.issuers.iter().any(|i| i.name == issuer.name) {
                     diags.error(at, format!("duplicate issuer name `{}`", issuer.name));
+                } else if settings.issuers.iter().any(|i| i.issuer == issuer.issuer)
+                    || issuer.issuer == crate::identity::dev::ISSUER
+                {
+                    // The token's `iss` selects the issuer, so it must name exactly one.
+                    diags.error(
+                        at,
+                        format!(
+                            "issuer `{}`: `issuer = \"{}\"` is already used by another issuer \
+                             (or reserved for development tokens); each `iss` must be unique",
+                            issuer.name, issuer.issuer
+                        ),
+                    );
                 } else {
                     settings.issuers.push(issuer);
                 }
