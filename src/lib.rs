@@ -9,6 +9,7 @@
 //! - [`principal`]: validated tenant, user and group ids, and the principal they form.
 //! - [`policy`]: policy files → validated, indexed [`policy::PolicySet`]; pure decisions.
 //! - [`identity`]: verifying identity tokens (JWT) into principals; the dev issuer.
+//! - [`secrets`]: the secret store (encrypted file, env or mounted dir) and the `Secret` type.
 //! - [`state`]: the private state directory and atomic, 0600 file writes.
 //! - [`cli`]: the `behalf` command line (the binary in `main.rs` only parses and calls it).
 
@@ -18,4 +19,5 @@ pub mod cli;
 pub mod identity;
 pub mod policy;
 pub mod principal;
+pub mod secrets;
 pub mod state;

@@ -3,6 +3,7 @@
 //! 64 bad configuration (named file and line), 70 internal error.
 
 mod policy;
+mod secret;
 mod token;
 
 use std::path::{Path, PathBuf};
@@ -52,6 +53,9 @@ pub enum Command {
     /// Development identity tokens (dev mode only).
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Manage stored credentials (values are read from stdin, never from arguments).
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -59,6 +63,7 @@ pub fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Policy(cmd) => policy::run(cmd, &cli.policies),
         Command::Token(cmd) => token::run(cmd, &cli.policies, cli.state.as_deref()),
+        Command::Secret(cmd) => secret::run(cmd, &cli.policies, cli.state.as_deref()),
     }
 }
 

@@ -7,9 +7,7 @@ use clap::{Args, Subcommand};
 
 use super::exit;
 use crate::policy::testing::{self, Outcome};
-use crate::policy::{
-    Client, Decision, Diagnostics, GrantCheck, Inject, Service, Sources, target,
-};
+use crate::policy::{Client, Decision, Diagnostics, GrantCheck, Inject, Service, Sources, target};
 use crate::principal::{GroupId, Principal, TenantId, UserId};
 
 /// Policy subcommands.
@@ -59,7 +57,6 @@ pub fn run(cmd: PolicyCommand, policies: &Path) -> u8 {
         PolicyCommand::Test { dir } => test(dir.as_deref().unwrap_or(policies)),
     }
 }
-
 
 fn check(dir: &Path) -> u8 {
     let policy = match super::load_policy(dir) {

@@ -83,7 +83,11 @@ impl Jwk {
             _ => return Ok(None),
         };
         if let Some(alg) = &raw.alg {
-            let pinned = super::jwt::algorithm(alg).map_err(|_| format!("unknown alg `{alg}`"))?;
+            // A key pinned to an algorithm behalf does not support (RS512, PS256, ...) is
+            // unusable, like an encryption key: skip it rather than reject the whole set.
+            let Ok(pinned) = super::jwt::algorithm(alg) else {
+                return Ok(None);
+            };
             if pinned != key.algorithm() {
                 return Err(format!("`alg` {alg} does not fit a {} key", raw.kty));
             }
@@ -99,8 +103,7 @@ pub(crate) fn parse_set(bytes: &[u8]) -> Result<Vec<Jwk>, String> {
         .map_err(|e| format!("not a JWKS document (`{{\"keys\": [...]}}`): {e}"))?;
     let mut keys = Vec::new();
     for (i, value) in set.keys.into_iter().enumerate() {
-        let raw: RawJwk =
-            serde_json::from_value(value).map_err(|e| format!("key {i}: {e}"))?;
+        let raw: RawJwk = serde_json::from_value(value).map_err(|e| format!("key {i}: {e}"))?;
         if let Some(k) = Jwk::from_raw(raw).map_err(|e| format!("key {i}: {e}"))? {
             keys.push(k);
         }

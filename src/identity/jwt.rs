@@ -44,9 +44,12 @@ pub(crate) fn parse(token: &str) -> Result<Unverified<'_>, Rejection> {
         return Err(Rejection::Malformed("token is too long"));
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(Rejection::Malformed("a token has exactly three dot-separated parts"));
+        return Err(Rejection::Malformed(
+            "a token has exactly three dot-separated parts",
+        ));
     };
     let header: Header = serde_json::from_slice(&b64(h)?)
         .map_err(|_| Rejection::Malformed("the header is not a JSON object with `alg`"))?;

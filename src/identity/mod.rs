@@ -150,7 +150,11 @@ impl std::fmt::Debug for Verifier {
         f.debug_struct("Verifier")
             .field(
                 "issuers",
-                &self.issuers.iter().map(|i| &i.config.name).collect::<Vec<_>>(),
+                &self
+                    .issuers
+                    .iter()
+                    .map(|i| &i.config.name)
+                    .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }
@@ -418,7 +422,9 @@ impl TrustedIssuer {
 }
 
 /// A TLS client configuration on `ring` with the web PKI roots plus `extra` PEM files.
-pub fn client_tls(extra: &[std::path::PathBuf]) -> Result<Arc<rustls::ClientConfig>, IdentityError> {
+pub fn client_tls(
+    extra: &[std::path::PathBuf],
+) -> Result<Arc<rustls::ClientConfig>, IdentityError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -427,7 +433,8 @@ pub fn client_tls(extra: &[std::path::PathBuf]) -> Result<Arc<rustls::ClientConf
         let certs = CertificateDer::pem_file_iter(path)
             .map_err(|e| IdentityError::Roots(format!("{}: {e}", path.display())))?;
         for cert in certs {
-            let cert = cert.map_err(|e| IdentityError::Roots(format!("{}: {e}", path.display())))?;
+            let cert =
+                cert.map_err(|e| IdentityError::Roots(format!("{}: {e}", path.display())))?;
             roots
                 .add(cert)
                 .map_err(|e| IdentityError::Roots(format!("{}: {e}", path.display())))?;

@@ -1,5 +1,7 @@
 //! Integration tests: one binary so heavy dependencies link once.
 
 mod cli_policy;
+mod identity;
 mod policy_decide;
 mod policy_load;
+mod secrets;
