@@ -10,14 +10,25 @@
 //! - [`policy`]: policy files → validated, indexed [`policy::PolicySet`]; pure decisions.
 //! - [`identity`]: verifying identity tokens (JWT) into principals; the dev issuer.
 //! - [`secrets`]: the secret store (encrypted file, env or mounted dir) and the `Secret` type.
+//! - [`egress`]: the one pipeline every outbound request takes (normalise → decide → clean →
+//!   resolve → inject → connect → send → scrub → audit).
+//! - [`inject`]: placing a credential on a request in the service's form.
+//! - [`proxy`]: the forward-proxy front door.
+//! - [`serve`]: assembling the sidecar before any port is bound.
+//! - [`audit`]: the HMAC-chained, fsynced audit log of every decision, and its verification.
 //! - [`state`]: the private state directory and atomic, 0600 file writes.
 //! - [`cli`]: the `behalf` command line (the binary in `main.rs` only parses and calls it).
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod cli;
+pub mod egress;
 pub mod identity;
+pub mod inject;
 pub mod policy;
 pub mod principal;
+pub mod proxy;
 pub mod secrets;
+pub mod serve;
 pub mod state;

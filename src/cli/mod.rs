@@ -2,8 +2,10 @@
 //! 0 success, 1 a negative answer (deny, failed verification, failed policy test), 2 usage,
 //! 64 bad configuration (named file and line), 70 internal error.
 
+mod audit;
 mod policy;
 mod secret;
+mod serve;
 mod token;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +58,11 @@ pub enum Command {
     /// Manage stored credentials (values are read from stdin, never from arguments).
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Check the audit log's chain.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Run the sidecar (the forward proxy; the tool API comes with the sandbox).
+    Serve(serve::ServeArgs),
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -64,6 +71,8 @@ pub fn run(cli: Cli) -> u8 {
         Command::Policy(cmd) => policy::run(cmd, &cli.policies),
         Command::Token(cmd) => token::run(cmd, &cli.policies, cli.state.as_deref()),
         Command::Secret(cmd) => secret::run(cmd, &cli.policies, cli.state.as_deref()),
+        Command::Audit(cmd) => audit::run(cmd, &cli.policies, cli.state.as_deref()),
+        Command::Serve(args) => serve::run(args, &cli.policies, cli.state.as_deref()),
     }
 }
 

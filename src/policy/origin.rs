@@ -110,6 +110,16 @@ impl Host {
         if let Ok(ip) = ascii.parse::<Ipv4Addr>() {
             return Ok(Self(ip.to_string().into()));
         }
+        // A name ending in a number is an IPv4 address to URL parsers and resolvers
+        // (`2130706433`, `0x7f.1`, `127.1`); only the canonical dotted quad is accepted.
+        let last = ascii.rsplit('.').next().unwrap_or("");
+        let numeric = last.bytes().all(|b| b.is_ascii_digit())
+            || last
+                .strip_prefix("0x")
+                .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+        if numeric {
+            return Err(bad());
+        }
         Ok(Self(ascii.into()))
     }
 
@@ -415,6 +425,22 @@ mod tests {
         assert!(Origin::parse("https://x_y.com").is_err());
         assert!(Origin::parse("https://x.com\r\n").is_err());
         assert!(Origin::parse("x.com").is_err());
+    }
+
+    #[test]
+    fn other_ipv4_notations_are_rejected() {
+        for bad in [
+            "http://2130706433",
+            "http://0x7f000001",
+            "http://0x7f.0.0.1",
+            "http://127.1",
+            "http://0177.0.0.1",
+            "http://017700000001",
+            "http://1.2.3.04",
+        ] {
+            assert!(Origin::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Origin::parse("http://x1.example").is_ok());
     }
 
     #[test]

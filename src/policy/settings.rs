@@ -166,6 +166,8 @@ pub struct Limits {
     /// Limit for one upstream exchange.
     #[serde(deserialize_with = "units::duration")]
     pub upstream_timeout: Duration,
+    /// Concurrent client connections per listener; more wait in the accept queue.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -177,6 +179,7 @@ impl Default for Limits {
             max_request_body: 10 << 20,
             max_response_body: 64 << 20,
             upstream_timeout: Duration::from_secs(30),
+            max_connections: 1024,
         }
     }
 }

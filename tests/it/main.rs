@@ -1,5 +1,6 @@
 //! Integration tests: one binary so heavy dependencies link once.
 
+mod audit;
 mod cli_policy;
 mod identity;
 mod policy_decide;

@@ -1,0 +1,462 @@
+//! The egress pipeline: the one path every outbound request takes, whichever front door it
+//! came in by (the forward proxy, the intercepted TLS tunnel, a wasm tool's `wasi:http` call).
+//!
+//! [`Egress::handle`] runs the steps of DESIGN.md in order, each a named function with its
+//! contract documented where it lives:
+//!
+//! 1. [`normalise`](normalise::normalise) the target;
+//! 2. decide ([`PolicySet::decide`]);
+//! 3. [`clean`](clean::clean) the request;
+//! 4. resolve the credential ([`Egress::resolve`]) — only now, after Allow;
+//! 5. [`inject`](crate::inject::inject) it;
+//! 6. connect ([`connect`]: resolver seam, SSRF guard, TLS) and
+//! 7. send, never following redirects;
+//! 8. scrub the response ([`scrub`], a pass-through until interception fills it);
+//! 9. audit the decision and outcome ([`crate::audit`]).
+
+pub mod body;
+mod clean;
+pub mod connect;
+mod error;
+mod normalise;
+mod scrub;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+
+pub use self::body::{BoxBody, BoxError};
+pub use self::connect::{AddrClass, ConnectError, Resolver, SystemResolver, classify};
+pub use self::error::{EgressError, error_response};
+use crate::audit::{AuditLog, Entry, Outcome};
+use crate::inject::{self, Injected};
+use crate::policy::settings::Limits;
+use crate::policy::{
+    Client, CredentialRef, CredentialScope, Decision, Origin, PolicySet, ServiceName,
+};
+use crate::principal::Principal;
+use crate::secrets::{Namespace, Secret, SecretError, SecretStore};
+
+/// Per-invocation placeholder values, by the service each is scoped to.
+#[derive(Debug, Default, Clone)]
+pub struct Placeholders {
+    entries: Vec<(ServiceName, String)>,
+}
+
+impl Placeholders {
+    /// No placeholders (the forward proxy).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Adds the placeholder for a service.
+    pub fn insert(&mut self, service: ServiceName, value: String) {
+        self.entries.retain(|(s, _)| *s != service);
+        self.entries.push((service, value));
+    }
+
+    /// The placeholder scoped to a service.
+    pub fn for_service(&self, service: &ServiceName) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(s, _)| s == service)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All placeholders with their services.
+    pub fn iter(&self) -> impl Iterator<Item = (&ServiceName, &str)> {
+        self.entries.iter().map(|(s, v)| (s, v.as_str()))
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Who is calling, bound by the front door from verified identity. Never from the request.
+#[derive(Debug, Clone)]
+pub struct Call<'a> {
+    /// The verified principal.
+    pub principal: &'a Principal,
+    /// The front door's client (`proxy` or `tool:NAME`).
+    pub client: Client,
+    /// The tool invocation id, if any.
+    pub invocation: Option<&'a str>,
+    /// This invocation's placeholders.
+    pub placeholders: &'a Placeholders,
+}
+
+/// Why the pipeline could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A PEM roots file could not be used.
+    #[error("TLS roots {path}: {message}")]
+    Roots {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// Everything the pipeline needs, passed explicitly (no globals).
+pub struct Egress {
+    policy: Arc<PolicySet>,
+    secrets: Arc<dyn SecretStore>,
+    audit: AuditLog,
+    clients: HashMap<ServiceName, connect::UpstreamClient>,
+    overrides: Arc<HashMap<Origin, SocketAddr>>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Egress")
+            .field("services", &self.clients.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn roots(paths: &[std::path::PathBuf]) -> Result<rustls::RootCertStore, BuildError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut store = rustls::RootCertStore::empty();
+    store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for path in paths {
+        let err = |message: String| BuildError::Roots {
+            path: path.display().to_string(),
+            message,
+        };
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))? {
+            store
+                .add(cert.map_err(|e| err(e.to_string()))?)
+                .map_err(|e| err(e.to_string()))?;
+        }
+    }
+    Ok(store)
+}
+
+impl Egress {
+    /// Builds the pipeline: one pooled client per service, with its TLS roots (web PKI,
+    /// `[tls] upstream_roots`, the service's `tls_roots`) and SSRF setting.
+    pub fn new(
+        policy: Arc<PolicySet>,
+        secrets: Arc<dyn SecretStore>,
+        audit: AuditLog,
+        resolver: Arc<dyn Resolver>,
+        overrides: HashMap<Origin, SocketAddr>,
+    ) -> Result<Self, BuildError> {
+        let settings = policy.settings();
+        let overrides = Arc::new(overrides);
+        let mut clients = HashMap::new();
+        for service in policy.services() {
+            let mut paths = settings.upstream_roots.clone();
+            paths.extend(service.tls_roots.iter().cloned());
+            let tls = connect::tls_config(roots(&paths)?).map_err(|e| BuildError::Roots {
+                path: String::new(),
+                message: e.to_string(),
+            })?;
+            let connector = connect::Connector::new(
+                resolver.clone(),
+                overrides.clone(),
+                service.allow_private_ips,
+                tls,
+                settings.limits.upstream_timeout,
+            );
+            clients.insert(service.name.clone(), connect::client(connector));
+        }
+        Ok(Self {
+            limits: settings.limits.clone(),
+            policy,
+            secrets,
+            audit,
+            clients,
+            overrides,
+        })
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &PolicySet {
+        &self.policy
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Runs one request through every step. Denials and failures are audited here and
+    /// returned as errors for the front door to render.
+    pub async fn handle(
+        &self,
+        call: &Call<'_>,
+        req: Request<BoxBody>,
+    ) -> Result<Response<BoxBody>, EgressError> {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let mut entry = Entry {
+            invocation: call.invocation.map(str::to_owned),
+            tenant: Some(call.principal.tenant.to_string()),
+            user: Some(call.principal.user.to_string()),
+            client: Some(call.client.to_string()),
+            method: parts.method.to_string(),
+            origin: String::new(),
+            path: String::new(),
+            decision: Outcome::Deny,
+            reason: None,
+            grant: None,
+            credential: None,
+            status: None,
+            duration_ms: 0,
+            bytes: 0,
+            scrubbed: 0,
+            override_: false,
+        };
+
+        // 1. Normalise.
+        let mut target = match normalise::normalise(&parts) {
+            Ok(t) => t,
+            Err(e) => return Err(self.refuse(entry, started, e)),
+        };
+        entry.origin = target.origin.to_string();
+        entry.path = target.path.clone();
+        entry.override_ = self.overrides.contains_key(&target.origin);
+
+        // 2. Decide.
+        let allow = match self
+            .policy
+            .decide(call.principal, &call.client, &parts.method, &target)
+        {
+            Decision::Allow(a) => a,
+            Decision::Deny(d) => return Err(self.refuse(entry, started, EgressError::Denied(d))),
+        };
+        entry.decision = Outcome::Allow;
+        entry.grant = Some(allow.grant.id.clone());
+        entry.credential = allow.credential().map(ToString::to_string);
+        if self.audit.gate().is_err() {
+            return Err(EgressError::AuditUnavailable);
+        }
+
+        // 3. Clean.
+        if let Err(e) = clean::clean(&mut parts, &target, allow.service, call.placeholders) {
+            return Err(self.refuse(entry, started, e));
+        }
+
+        // 4. Resolve and 5. inject, only now that the decision is Allow.
+        let injected = match (allow.credential(), &allow.service.inject) {
+            (Some(credential), Some(form)) => {
+                let secret = match self.resolve(call.principal, credential) {
+                    Ok(s) => s,
+                    Err(e) => return Err(self.refuse(entry, started, e)),
+                };
+                match inject::inject(&mut parts, &mut target, form, &secret) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        let e = EgressError::Internal(e.to_string());
+                        return Err(self.refuse(entry, started, e));
+                    }
+                }
+            }
+            _ => Injected::default(),
+        };
+
+        // 6. Connect and 7. send: the authorised target is the one sent.
+        let uri = match http::Uri::try_from(target.to_string()) {
+            Ok(u) => u,
+            Err(e) => {
+                return Err(self.refuse(entry, started, EgressError::BadRequest(e.to_string())));
+            }
+        };
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default();
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        match HeaderValue::from_str(&authority) {
+            Ok(host) => {
+                parts.headers.insert(header::HOST, host);
+            }
+            Err(e) => {
+                return Err(self.refuse(entry, started, EgressError::BadRequest(e.to_string())));
+            }
+        }
+        let body = Limited::new(body, self.request_limit())
+            .map_err(|e| -> BoxError { e })
+            .boxed_unsync();
+        let client = self
+            .clients
+            .get(&allow.service.name)
+            .expect("a client is built for every service of this policy");
+        let sent = tokio::time::timeout(
+            self.limits.upstream_timeout,
+            client.request(Request::from_parts(parts, body)),
+        )
+        .await;
+        let resp = match sent {
+            Err(_) => {
+                let e = EgressError::UpstreamTimeout(format!(
+                    "no response from {} within {:?}",
+                    target.origin, self.limits.upstream_timeout
+                ));
+                return Err(self.refuse(entry, started, e));
+            }
+            Ok(Err(e)) => return Err(self.refuse(entry, started, upstream_error(&e))),
+            Ok(Ok(resp)) => resp,
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let e = EgressError::UpstreamFailed("the upstream switched protocols (101)".into());
+            return Err(self.refuse(entry, started, e));
+        }
+        let (mut resp_parts, resp_body) = resp.into_parts();
+        strip_hop_by_hop(&mut resp_parts.headers);
+
+        // 8. Scrub.
+        let resp_body = scrub::scrub(
+            &mut resp_parts,
+            body::boxed(resp_body),
+            &injected,
+            allow.service,
+        );
+
+        // 9. Audit, when the response body has ended (with its size and outcome).
+        entry.status = Some(resp_parts.status.as_u16());
+        let audit = self.audit.clone();
+        let metered = body::Metered::new(
+            resp_body,
+            self.limits.max_response_body,
+            move |bytes, end| {
+                entry.bytes = bytes;
+                entry.duration_ms = started.elapsed().as_millis() as u64;
+                if end != body::End::Complete {
+                    entry.reason = Some(match end {
+                        body::End::TooLarge => "response_too_large".into(),
+                        body::End::Failed(_) => "upstream_body_failed".into(),
+                        _ => "aborted".into(),
+                    });
+                }
+                if let Err(e) = audit.record(entry) {
+                    tracing::error!(error = %e, "audit record for a completed request could not be written");
+                }
+            },
+        );
+        Ok(Response::from_parts(resp_parts, metered.boxed_unsync()))
+    }
+
+    fn request_limit(&self) -> usize {
+        usize::try_from(self.limits.max_request_body).unwrap_or(usize::MAX)
+    }
+
+    /// Step 4: the credential in the verified principal's namespace.
+    ///
+    /// # Security
+    ///
+    /// The namespace comes only from the principal the front door bound to the call.
+    fn resolve(
+        &self,
+        principal: &Principal,
+        credential: &CredentialRef,
+    ) -> Result<Secret, EgressError> {
+        let namespace = match credential.scope {
+            CredentialScope::User => {
+                Namespace::User(principal.tenant.clone(), principal.user.clone())
+            }
+            CredentialScope::Tenant => Namespace::Tenant(principal.tenant.clone()),
+        };
+        let missing = |state: &str| EgressError::Refused {
+            message: format!(
+                "the request is allowed, but credential `{credential}` is {state} for this {}",
+                match credential.scope {
+                    CredentialScope::User => "user",
+                    CredentialScope::Tenant => "tenant",
+                }
+            ),
+            hint: format!(
+                "connect the account, or have an operator run `behalf secret set {namespace}/{}`",
+                credential.name
+            ),
+        };
+        match self.secrets.get(&namespace, &credential.name) {
+            Ok(Some(secret)) => Ok(secret),
+            Ok(None) => Err(missing("not stored")),
+            Err(SecretError::Disabled { .. }) => Err(missing("disabled")),
+            Err(e) => Err(EgressError::Internal(format!("secret store: {e}"))),
+        }
+    }
+
+    /// Audits a refused or failed request; if even that fails, the caller gets 503.
+    fn refuse(&self, mut entry: Entry, started: Instant, err: EgressError) -> EgressError {
+        if matches!(
+            err,
+            EgressError::Denied(_) | EgressError::BadRequest(_) | EgressError::Refused { .. }
+        ) {
+            entry.decision = Outcome::Deny;
+        } else if entry.decision == Outcome::Allow {
+            entry.decision = Outcome::Error;
+        }
+        entry.reason = Some(match &err {
+            EgressError::Denied(d) => d.kind().to_owned(),
+            other => other.code().to_owned(),
+        });
+        entry.status = Some(err.status().as_u16());
+        entry.duration_ms = started.elapsed().as_millis() as u64;
+        match self.audit.record(entry) {
+            Ok(_) => err,
+            Err(e) => {
+                tracing::error!(error = %e, "audit log unavailable; failing closed");
+                EgressError::AuditUnavailable
+            }
+        }
+    }
+}
+
+/// Maps a client error to whose fault it was, keeping the SSRF refusal a 403.
+fn upstream_error(e: &hyper_util::client::legacy::Error) -> EgressError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(c) = s.downcast_ref::<ConnectError>() {
+            return match c {
+                ConnectError::Refused { .. } => EgressError::Refused {
+                    message: c.to_string(),
+                    hint: "behalf refuses to connect to private or metadata addresses".into(),
+                },
+                ConnectError::Timeout(_) => EgressError::UpstreamTimeout(c.to_string()),
+                _ => EgressError::UpstreamFailed(c.to_string()),
+            };
+        }
+        source = s.source();
+    }
+    EgressError::UpstreamFailed(e.to_string())
+}
+
+/// Removes hop-by-hop response headers (and those `Connection` names).
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<header::HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::TRAILER,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}

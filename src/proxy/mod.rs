@@ -1,0 +1,192 @@
+//! The forward proxy front door: plain HTTP in absolute form, for processes that are not wasm
+//! (`HTTP_PROXY=http://u:<token>@127.0.0.1:7778`).
+//!
+//! # Security
+//!
+//! The principal is taken from **each request's own** `Proxy-Authorization` (Bearer, or Basic
+//! with the token as password) and never remembered per connection, so two users' requests on
+//! one keep-alive connection each carry their own credential.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use http::{Method, Request, Response, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::audit::{Entry, Outcome};
+use crate::egress::{BoxBody, Call, Egress, EgressError, Placeholders, body};
+use crate::identity::Verifier;
+use crate::policy::Client;
+use crate::principal::Principal;
+
+/// Most request-header bytes read before the request is refused.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most request headers.
+const MAX_HEADERS: usize = 100;
+/// Time allowed for a request's headers to arrive (slow clients).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The forward proxy: verifies each request's identity and hands it to the pipeline.
+#[derive(Debug)]
+pub struct Proxy {
+    egress: Arc<Egress>,
+    verifier: Arc<Verifier>,
+}
+
+impl Proxy {
+    /// A proxy over a pipeline and a verifier.
+    pub fn new(egress: Arc<Egress>, verifier: Arc<Verifier>) -> Self {
+        Self { egress, verifier }
+    }
+
+    /// Serves connections from `listener` until `shutdown` resolves, at most
+    /// `max_connections` at a time (more wait in the accept queue).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        max_connections: usize,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let permits = Arc::new(Semaphore::new(max_connections));
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => return,
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let (stream, _) = tokio::select! {
+                _ = &mut shutdown => return,
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = self.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .max_buf_size(MAX_HEADER_BYTES)
+                    .max_headers(MAX_HEADERS)
+                    .serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "proxy connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    /// Handles one request: authenticate it, then run it through the pipeline.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
+        let principal = match self.authenticate(req.headers()).await {
+            Ok(p) => p,
+            Err(reason) => {
+                tracing::info!(%reason, method = %req.method(), "proxy request rejected: unauthenticated");
+                return self.unauthenticated(&req);
+            }
+        };
+        if req.method() == Method::CONNECT {
+            let e = EgressError::Refused {
+                message: "CONNECT tunnels are not available yet: behalf never opens an opaque \
+                          tunnel, and HTTPS interception is not built into this version"
+                    .into(),
+                hint: "send plain-HTTP requests in absolute form through the proxy".into(),
+            };
+            return e.to_response(true);
+        }
+        let placeholders = Placeholders::none();
+        let call = Call {
+            principal: &principal,
+            client: Client::Proxy,
+            invocation: None,
+            placeholders: &placeholders,
+        };
+        match self.egress.handle(&call, req.map(body::boxed)).await {
+            Ok(resp) => resp,
+            Err(e) => e.to_response(true),
+        }
+    }
+
+    /// Audits an unauthenticated request (no principal) and answers 407.
+    fn unauthenticated(&self, req: &Request<Incoming>) -> Response<BoxBody> {
+        let entry = Entry {
+            invocation: None,
+            tenant: None,
+            user: None,
+            client: Some(Client::Proxy.to_string()),
+            method: req.method().to_string(),
+            origin: req
+                .uri()
+                .authority()
+                .map(|a| a.host().chars().take(256).collect())
+                .unwrap_or_default(),
+            path: String::new(),
+            decision: Outcome::Deny,
+            reason: Some("unauthenticated".into()),
+            grant: None,
+            credential: None,
+            status: Some(407),
+            duration_ms: 0,
+            bytes: 0,
+            scrubbed: 0,
+            override_: false,
+        };
+        match self.egress.audit().record(entry) {
+            Ok(_) => EgressError::Unauthenticated.to_response(true),
+            Err(_) => EgressError::AuditUnavailable.to_response(true),
+        }
+    }
+
+    /// The principal of this request, from its own `Proxy-Authorization`.
+    async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, String> {
+        let mut values = headers.get_all(header::PROXY_AUTHORIZATION).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return Err("expected exactly one Proxy-Authorization header".into());
+        };
+        let value = value
+            .to_str()
+            .map_err(|_| "Proxy-Authorization is not ASCII".to_owned())?;
+        let (scheme, rest) = value
+            .split_once(' ')
+            .ok_or_else(|| "Proxy-Authorization has no scheme".to_owned())?;
+        let token = if scheme.eq_ignore_ascii_case("bearer") {
+            rest.trim().to_owned()
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = STANDARD
+                .decode(rest.trim())
+                .map_err(|_| "Basic credentials are not base64".to_owned())?;
+            let decoded = String::from_utf8(decoded)
+                .map_err(|_| "Basic credentials are not UTF-8".to_owned())?;
+            let (_, password) = decoded
+                .split_once(':')
+                .ok_or_else(|| "Basic credentials have no password".to_owned())?;
+            password.to_owned()
+        } else {
+            return Err(format!("unsupported Proxy-Authorization scheme `{scheme}`"));
+        };
+        self.verifier
+            .verify(&token)
+            .await
+            .map_err(|r| r.to_string())
+    }
+}

@@ -1,0 +1,138 @@
+//! Assembling the sidecar: configuration is loaded and validated, the state dir, secret store,
+//! audit log, identity verifier and egress pipeline are opened — all before any port is bound.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::audit::{AuditError, AuditLog};
+use crate::egress::{self, Egress, Resolver, SystemResolver};
+use crate::identity::{IdentityError, Verifier};
+use crate::policy::{LoadError, Origin, PolicySet};
+use crate::proxy::Proxy;
+use crate::secrets::{self, SecretError};
+use crate::state::{StateDir, StateError};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The policies directory.
+    pub policies: PathBuf,
+    /// Overrides `state_dir`.
+    pub state: Option<PathBuf>,
+    /// `--connect-to ORIGIN=ADDR` (development mode only).
+    pub connect_to: Vec<(Origin, SocketAddr)>,
+}
+
+/// Why the sidecar could not start. Each names what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The policy set is invalid.
+    #[error("{0}")]
+    Policy(#[from] LoadError),
+    /// The state dir cannot be used.
+    #[error("{0}")]
+    State(#[from] StateError),
+    /// The secret store cannot be opened.
+    #[error("secret store: {0}")]
+    Secrets(#[from] SecretError),
+    /// The audit log cannot be opened.
+    #[error("audit log: {0}")]
+    Audit(#[from] AuditError),
+    /// An identity issuer cannot be set up.
+    #[error("identity: {0}")]
+    Identity(#[from] IdentityError),
+    /// The pipeline cannot be built.
+    #[error("egress: {0}")]
+    Egress(#[from] egress::BuildError),
+    /// `--connect-to` outside development mode.
+    #[error(
+        "--connect-to is a development feature: set `dev = true` in behalf.toml (never in \
+         production)"
+    )]
+    ConnectToNeedsDev,
+}
+
+impl StartError {
+    /// Whether this is a configuration problem (exit 64) rather than an internal one (70).
+    pub fn is_config(&self) -> bool {
+        match self {
+            Self::Secrets(e) => e.is_config(),
+            _ => true,
+        }
+    }
+}
+
+/// A started-but-not-listening sidecar.
+#[derive(Debug)]
+pub struct Sidecar {
+    /// The policy in force.
+    pub policy: Arc<PolicySet>,
+    /// The state directory.
+    pub state: StateDir,
+    /// The pipeline.
+    pub egress: Arc<Egress>,
+    /// The identity verifier.
+    pub verifier: Arc<Verifier>,
+}
+
+impl Sidecar {
+    /// Loads and opens everything, with the system resolver.
+    pub fn open(options: &Options) -> Result<Self, StartError> {
+        Self::open_with_resolver(options, Arc::new(SystemResolver))
+    }
+
+    /// As [`Sidecar::open`], resolving names through `resolver` (tests).
+    pub fn open_with_resolver(
+        options: &Options,
+        resolver: Arc<dyn Resolver>,
+    ) -> Result<Self, StartError> {
+        let policy = Arc::new(PolicySet::load(&options.policies)?);
+        for w in policy.warnings() {
+            tracing::warn!("{w}");
+        }
+        let settings = policy.settings();
+        if !options.connect_to.is_empty() && !settings.dev {
+            return Err(StartError::ConnectToNeedsDev);
+        }
+        let state_path: &Path = options.state.as_deref().unwrap_or(&settings.state_dir);
+        let state = StateDir::open(state_path)?;
+        let secrets: Arc<dyn secrets::SecretStore> =
+            Arc::from(secrets::open_store(settings, &state)?);
+        let audit = AuditLog::open(&state, settings.audit.rotate_bytes)?;
+        let verifier = Arc::new(Verifier::new(settings, Some(&state))?);
+        let overrides: HashMap<Origin, SocketAddr> = options.connect_to.iter().cloned().collect();
+        let egress = Arc::new(Egress::new(
+            policy.clone(),
+            secrets,
+            audit,
+            resolver,
+            overrides,
+        )?);
+        Ok(Self {
+            policy,
+            state,
+            egress,
+            verifier,
+        })
+    }
+
+    /// The forward proxy over this sidecar's pipeline.
+    pub fn proxy(&self) -> Arc<Proxy> {
+        Arc::new(Proxy::new(self.egress.clone(), self.verifier.clone()))
+    }
+}
+
+/// Parses `ORIGIN=ADDR` for `--connect-to`, e.g. `https://api.github.com=127.0.0.1:8443`.
+pub fn parse_connect_to(s: &str) -> Result<(Origin, SocketAddr), String> {
+    let (origin, addr) = s.rsplit_once('=').ok_or_else(|| {
+        format!("`{s}`: expected ORIGIN=ADDR, e.g. https://api.github.com=127.0.0.1:8443")
+    })?;
+    let origin = Origin::parse(origin).map_err(|e| format!("`{s}`: {e}"))?;
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("`{s}`: `{addr}` is not an IP:port address"))?;
+    Ok((origin, addr))
+}
