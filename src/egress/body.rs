@@ -2,8 +2,10 @@
 //! size cap and reports how the body ended (so the audit record carries the outcome).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -56,22 +58,37 @@ pub struct TooLarge(pub u64);
 
 type OnEnd = Box<dyn FnOnce(u64, End) + Send>;
 
-/// Counts bytes, cuts the stream past `limit`, and calls `on_end` exactly once with the byte
-/// count and how the body ended (including when it is dropped early).
+/// The error a metered body fails with when no data arrives for its idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no data for {0:?}")]
+pub struct IdleTimeout(pub Duration);
+
+/// Counts bytes, cuts the stream past `limit` or after `idle` without data, and calls
+/// `on_end` exactly once with the byte count and how the body ended (including when it is
+/// dropped early).
 pub struct Metered {
     inner: BoxBody,
     bytes: u64,
     limit: u64,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
     on_end: Option<OnEnd>,
 }
 
 impl Metered {
     /// Wraps a body.
-    pub fn new(inner: BoxBody, limit: u64, on_end: impl FnOnce(u64, End) + Send + 'static) -> Self {
+    pub fn new(
+        inner: BoxBody,
+        limit: u64,
+        idle: Duration,
+        on_end: impl FnOnce(u64, End) + Send + 'static,
+    ) -> Self {
         Self {
             inner,
             bytes: 0,
             limit,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
             on_end: Some(Box::new(on_end)),
         }
     }
@@ -95,7 +112,14 @@ impl Body for Metered {
             return Poll::Ready(None);
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if self.deadline.as_mut().poll(cx).is_ready() {
+                    let idle = self.idle;
+                    self.finish(End::Failed(format!("no data for {idle:?}")));
+                    return Poll::Ready(Some(Err(Box::new(IdleTimeout(idle)))));
+                }
+                Poll::Pending
+            }
             Poll::Ready(None) => {
                 self.finish(End::Complete);
                 Poll::Ready(None)
@@ -105,6 +129,8 @@ impl Body for Metered {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(Some(Ok(frame))) => {
+                let next = tokio::time::Instant::now() + self.idle;
+                self.deadline.as_mut().reset(next);
                 if let Some(data) = frame.data_ref() {
                     self.bytes += data.len() as u64;
                     if self.bytes > self.limit {

@@ -238,7 +238,6 @@ impl Egress {
         };
         entry.decision = Outcome::Allow;
         entry.grant = Some(allow.grant.id.clone());
-        entry.credential = allow.credential().map(ToString::to_string);
         if self.audit.gate().is_err() {
             return Err(EgressError::AuditUnavailable);
         }
@@ -265,6 +264,8 @@ impl Egress {
             }
             _ => Injected::default(),
         };
+        // Named in the record only once it is really on the request.
+        entry.credential = allow.credential().map(ToString::to_string);
 
         // 6. Connect and 7. send: the authorised target is the one sent.
         let uri = match http::Uri::try_from(target.to_string()) {
@@ -286,6 +287,18 @@ impl Egress {
             Err(e) => {
                 return Err(self.refuse(entry, started, EgressError::BadRequest(e.to_string())));
             }
+        }
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.limits.max_request_body) {
+            let e = EgressError::TooLarge(format!(
+                "the request body is larger than max_request_body ({} bytes)",
+                self.limits.max_request_body
+            ));
+            return Err(self.refuse(entry, started, e));
         }
         let body = Limited::new(body, self.request_limit())
             .map_err(|e| -> BoxError { e })
@@ -331,6 +344,7 @@ impl Egress {
         let metered = body::Metered::new(
             resp_body,
             self.limits.max_response_body,
+            self.limits.upstream_timeout,
             move |bytes, end| {
                 entry.bytes = bytes;
                 entry.duration_ms = started.elapsed().as_millis() as u64;
@@ -416,10 +430,18 @@ impl Egress {
     }
 }
 
-/// Maps a client error to whose fault it was, keeping the SSRF refusal a 403.
+/// Maps a client error to whose fault it was, keeping the SSRF refusal a 403 and an
+/// oversized request body a 413.
 fn upstream_error(e: &hyper_util::client::legacy::Error) -> EgressError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
+        if s.downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            return EgressError::TooLarge(
+                "the request body is larger than max_request_body".into(),
+            );
+        }
         if let Some(c) = s.downcast_ref::<ConnectError>() {
             return match c {
                 ConnectError::Refused { .. } => EgressError::Refused {

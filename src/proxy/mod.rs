@@ -135,11 +135,13 @@ impl Proxy {
             user: None,
             client: Some(Client::Proxy.to_string()),
             method: req.method().to_string(),
-            origin: req
-                .uri()
-                .authority()
-                .map(|a| a.host().chars().take(256).collect())
-                .unwrap_or_default(),
+            origin: match (req.uri().scheme_str(), req.uri().authority()) {
+                (Some(scheme), Some(authority)) => format!("{scheme}://{authority}")
+                    .chars()
+                    .take(256)
+                    .collect(),
+                _ => String::new(),
+            },
             path: String::new(),
             decision: Outcome::Deny,
             reason: Some("unauthenticated".into()),

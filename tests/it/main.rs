@@ -5,4 +5,6 @@ mod cli_policy;
 mod identity;
 mod policy_decide;
 mod policy_load;
+mod proxy;
 mod secrets;
+mod support;
