@@ -132,12 +132,14 @@ impl Body for Metered {
                 let next = tokio::time::Instant::now() + self.idle;
                 self.deadline.as_mut().reset(next);
                 if let Some(data) = frame.data_ref() {
-                    self.bytes += data.len() as u64;
-                    if self.bytes > self.limit {
+                    // The frame that crosses the cap is not relayed, so it is not counted.
+                    let bytes = self.bytes + data.len() as u64;
+                    if bytes > self.limit {
                         let limit = self.limit;
                         self.finish(End::TooLarge);
                         return Poll::Ready(Some(Err(Box::new(TooLarge(limit)))));
                     }
+                    self.bytes = bytes;
                 }
                 // Receivers stop polling once the body says it has ended (Content-Length).
                 if self.inner.is_end_stream() {

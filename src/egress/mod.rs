@@ -242,8 +242,15 @@ impl Egress {
             return Err(EgressError::AuditUnavailable);
         }
 
-        // 3. Clean.
+        // 3. Clean (and refuse a body declared too large before any credential is rendered).
         if let Err(e) = clean::clean(&mut parts, &target, allow.service, call.placeholders) {
+            return Err(self.refuse(entry, started, e));
+        }
+        if content_length(&parts.headers).is_some_and(|n| n > self.limits.max_request_body) {
+            let e = EgressError::TooLarge(format!(
+                "the request body is larger than max_request_body ({} bytes)",
+                self.limits.max_request_body
+            ));
             return Err(self.refuse(entry, started, e));
         }
 
@@ -288,18 +295,6 @@ impl Egress {
                 return Err(self.refuse(entry, started, EgressError::BadRequest(e.to_string())));
             }
         }
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.limits.max_request_body) {
-            let e = EgressError::TooLarge(format!(
-                "the request body is larger than max_request_body ({} bytes)",
-                self.limits.max_request_body
-            ));
-            return Err(self.refuse(entry, started, e));
-        }
         let body = Limited::new(body, self.request_limit())
             .map_err(|e| -> BoxError { e })
             .boxed_unsync();
@@ -320,7 +315,9 @@ impl Egress {
                 ));
                 return Err(self.refuse(entry, started, e));
             }
-            Ok(Err(e)) => return Err(self.refuse(entry, started, upstream_error(&e))),
+            Ok(Err(e)) => {
+                return Err(self.refuse(entry, started, upstream_error(&e, &target.origin)));
+            }
             Ok(Ok(resp)) => resp,
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -329,6 +326,13 @@ impl Egress {
         }
         let (mut resp_parts, resp_body) = resp.into_parts();
         strip_hop_by_hop(&mut resp_parts.headers);
+        if content_length(&resp_parts.headers).is_some_and(|n| n > self.limits.max_response_body) {
+            let e = EgressError::UpstreamFailed(format!(
+                "the response from {} is larger than max_response_body ({} bytes)",
+                target.origin, self.limits.max_response_body
+            ));
+            return Err(self.refuse(entry, started, e));
+        }
 
         // 8. Scrub.
         let resp_body = scrub::scrub(
@@ -349,6 +353,7 @@ impl Egress {
                 entry.bytes = bytes;
                 entry.duration_ms = started.elapsed().as_millis() as u64;
                 if end != body::End::Complete {
+                    entry.decision = Outcome::Error;
                     entry.reason = Some(match end {
                         body::End::TooLarge => "response_too_large".into(),
                         body::End::Failed(_) => "upstream_body_failed".into(),
@@ -408,7 +413,10 @@ impl Egress {
     fn refuse(&self, mut entry: Entry, started: Instant, err: EgressError) -> EgressError {
         if matches!(
             err,
-            EgressError::Denied(_) | EgressError::BadRequest(_) | EgressError::Refused { .. }
+            EgressError::Denied(_)
+                | EgressError::BadRequest(_)
+                | EgressError::TooLarge(_)
+                | EgressError::Refused { .. }
         ) {
             entry.decision = Outcome::Deny;
         } else if entry.decision == Outcome::Allow {
@@ -431,8 +439,10 @@ impl Egress {
 }
 
 /// Maps a client error to whose fault it was, keeping the SSRF refusal a 403 and an
-/// oversized request body a 413.
-fn upstream_error(e: &hyper_util::client::legacy::Error) -> EgressError {
+/// oversized request body a 413. The caller (possibly a hostile tool) gets the kind of
+/// failure and the origin; addresses and TLS details go to behalf's log.
+fn upstream_error(e: &hyper_util::client::legacy::Error, origin: &Origin) -> EgressError {
+    tracing::warn!(%origin, error = %error_chain(e), "upstream request failed");
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if s.downcast_ref::<http_body_util::LengthLimitError>()
@@ -444,17 +454,47 @@ fn upstream_error(e: &hyper_util::client::legacy::Error) -> EgressError {
         }
         if let Some(c) = s.downcast_ref::<ConnectError>() {
             return match c {
-                ConnectError::Refused { .. } => EgressError::Refused {
-                    message: c.to_string(),
+                ConnectError::Refused { why, .. } => EgressError::Refused {
+                    message: format!("{origin} resolves only to refused addresses: {why}"),
                     hint: "behalf refuses to connect to private or metadata addresses".into(),
                 },
-                ConnectError::Timeout(_) => EgressError::UpstreamTimeout(c.to_string()),
-                _ => EgressError::UpstreamFailed(c.to_string()),
+                ConnectError::Timeout(_) => {
+                    EgressError::UpstreamTimeout(format!("connecting to {origin} timed out"))
+                }
+                ConnectError::Resolve { .. } => {
+                    EgressError::UpstreamFailed(format!("cannot resolve the host of {origin}"))
+                }
+                ConnectError::Tls { .. } => EgressError::UpstreamFailed(format!(
+                    "TLS with {origin} failed: its certificate is not trusted, expired or for \
+                     another name"
+                )),
+                _ => EgressError::UpstreamFailed(format!("cannot connect to {origin}")),
             };
         }
         source = s.source();
     }
-    EgressError::UpstreamFailed(e.to_string())
+    EgressError::UpstreamFailed(format!(
+        "the connection to {origin} failed before a complete response"
+    ))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// A well-formed `Content-Length`, if any.
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Removes hop-by-hop response headers (and those `Connection` names).

@@ -2,6 +2,7 @@
 
 mod audit;
 mod cli_policy;
+mod faults;
 mod identity;
 mod policy_decide;
 mod policy_load;

@@ -312,7 +312,13 @@ pub struct Config {
     /// Build the pipeline by hand around a [`SpyStore`] (instead of through
     /// [`Sidecar::open_with_resolver`]), so tests can count secret reads.
     pub spy_secrets: bool,
+    /// Runs with the state directory's path once the policies, secrets and tokens are written
+    /// and before the sidecar opens its audit log (e.g. to point the log at `/dev/full`).
+    pub before_open: Option<BeforeOpen>,
 }
+
+/// See [`Config::before_open`]: gets the state directory's path.
+pub type BeforeOpen = Box<dyn FnOnce(&Path) + Send>;
 
 /// A running sidecar with its mock upstreams, state and tokens.
 pub struct Harness {
@@ -438,6 +444,9 @@ impl Harness {
             add(o, *addr);
         }
 
+        if let Some(hook) = config.before_open {
+            hook(&state_path);
+        }
         let resolver = Arc::new(TestResolver::default());
         let (egress, proxy, spy) = if config.spy_secrets {
             let spy = Arc::new(SpyStore::new(
@@ -699,6 +708,32 @@ impl TestCa {
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(chain, key)
+        .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
+    /// As [`TestCa::server_config`], with the leaf's parameters adjusted by `edit` before
+    /// signing (e.g. a validity period in the past).
+    pub fn server_config_with(
+        &self,
+        names: &[&str],
+        edit: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> Arc<rustls::ServerConfig> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        edit(&mut params);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
         .unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Arc::new(config)
