@@ -142,6 +142,18 @@ impl Principal {
         }
     }
 
+    /// Parses a principal from its parts as written by a person (CLI flags, policy tests).
+    pub fn parse<G: AsRef<str>>(tenant: &str, user: &str, groups: &[G]) -> Result<Self, IdError> {
+        Ok(Self::new(
+            TenantId::parse(tenant)?,
+            UserId::parse(user)?,
+            groups
+                .iter()
+                .map(|g| GroupId::parse(g.as_ref()))
+                .collect::<Result<_, _>>()?,
+        ))
+    }
+
     /// Whether the caller is in `group`.
     pub fn in_group(&self, group: &GroupId) -> bool {
         self.groups.contains(group)

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use super::exit;
 use crate::policy::testing::{self, Outcome};
 use crate::policy::{Client, Decision, Diagnostics, GrantCheck, Inject, Service, Sources, target};
-use crate::principal::{GroupId, Principal, TenantId, UserId};
+use crate::principal::Principal;
 
 /// Policy subcommands.
 #[derive(Debug, Subcommand)]
@@ -147,16 +147,8 @@ fn describe_inject(i: &Inject) -> String {
 }
 
 fn explain(args: &ExplainArgs, policies: &Path) -> u8 {
-    let principal = (|| {
-        Ok::<_, String>(Principal::new(
-            TenantId::parse(&args.tenant).map_err(|e| e.to_string())?,
-            UserId::parse(&args.user).map_err(|e| e.to_string())?,
-            args.groups
-                .iter()
-                .map(|g| GroupId::parse(g).map_err(|e| e.to_string()))
-                .collect::<Result<_, _>>()?,
-        ))
-    })();
+    let principal =
+        Principal::parse(&args.tenant, &args.user, &args.groups).map_err(|e| e.to_string());
     let parsed = principal.and_then(|p| {
         let client = Client::parse(&args.client)?;
         let method = target::parse_method(&args.method).map_err(|e| e.to_string())?;

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::exit;
 use crate::identity::dev::{self, MintError};
-use crate::principal::{GroupId, TenantId, UserId};
+use crate::principal::Principal;
 
 /// Token subcommands.
 #[derive(Debug, Subcommand)]
@@ -37,18 +37,8 @@ pub struct MintArgs {
 /// Runs a token subcommand.
 pub fn run(cmd: TokenCommand, policies: &Path, state: Option<&Path>) -> u8 {
     let TokenCommand::Mint(args) = cmd;
-    let ids = (|| {
-        Ok::<_, crate::principal::IdError>((
-            TenantId::parse(&args.tenant)?,
-            UserId::parse(&args.user)?,
-            args.groups
-                .iter()
-                .map(|g| GroupId::parse(g))
-                .collect::<Result<Vec<_>, _>>()?,
-        ))
-    })();
-    let (tenant, user, groups) = match ids {
-        Ok(v) => v,
+    let principal = match Principal::parse(&args.tenant, &args.user, &args.groups) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
             return exit::USAGE;
@@ -66,7 +56,14 @@ pub fn run(cmd: TokenCommand, policies: &Path, state: Option<&Path>) -> u8 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    match dev::mint(true, &state, &tenant, &user, &groups, args.ttl) {
+    match dev::mint(
+        true,
+        &state,
+        &principal.tenant,
+        &principal.user,
+        &principal.groups,
+        args.ttl,
+    ) {
         Ok(token) => {
             println!("{token}");
             exit::OK

@@ -200,24 +200,11 @@ impl Egress {
     ) -> Result<Response<BoxBody>, EgressError> {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
-        let mut entry = Entry {
-            invocation: call.invocation.map(str::to_owned),
-            tenant: Some(call.principal.tenant.to_string()),
-            user: Some(call.principal.user.to_string()),
-            client: Some(call.client.to_string()),
-            method: parts.method.to_string(),
-            origin: String::new(),
-            path: String::new(),
-            decision: Outcome::Deny,
-            reason: None,
-            grant: None,
-            credential: None,
-            status: None,
-            duration_ms: 0,
-            bytes: 0,
-            scrubbed: 0,
-            override_: false,
-        };
+        let mut entry = Entry::new(Outcome::Deny, parts.method.as_str(), "", "");
+        entry.invocation = call.invocation.map(str::to_owned);
+        entry.tenant = Some(call.principal.tenant.to_string());
+        entry.user = Some(call.principal.user.to_string());
+        entry.client = Some(call.client.to_string());
 
         // 1. Normalise.
         let mut target = match normalise::normalise(&parts) {

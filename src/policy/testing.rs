@@ -11,7 +11,7 @@ use super::service::CredentialRef;
 use super::source::{Diagnostics, Location, SourceFile};
 use super::target::{Target, parse_request_line};
 use super::tenant::Client;
-use crate::principal::{GroupId, Principal, TenantId, UserId};
+use crate::principal::Principal;
 
 /// What a case expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -101,18 +101,8 @@ impl Case {
         diags: &mut Diagnostics,
     ) -> Option<Self> {
         let who = raw.who.get_ref();
-        let principal = (|| {
-            Ok::<_, String>(Principal::new(
-                TenantId::parse(&who.tenant).map_err(|e| e.to_string())?,
-                UserId::parse(&who.user).map_err(|e| e.to_string())?,
-                who.groups
-                    .iter()
-                    .map(|g| GroupId::parse(g).map_err(|e| e.to_string()))
-                    .collect::<Result<_, _>>()?,
-            ))
-        })();
-        let principal = principal
-            .map_err(|e| diags.error(file.at(raw.who.span()), e))
+        let principal = Principal::parse(&who.tenant, &who.user, &who.groups)
+            .map_err(|e| diags.error(file.at(raw.who.span()), e.to_string()))
             .ok();
         let client = Client::parse(raw.client.get_ref())
             .map_err(|e| diags.error(file.at(raw.client.span()), e))

@@ -129,30 +129,19 @@ impl Proxy {
 
     /// Audits an unauthenticated request (no principal) and answers 407.
     fn unauthenticated(&self, req: &Request<Incoming>) -> Response<BoxBody> {
-        let entry = Entry {
-            invocation: None,
-            tenant: None,
-            user: None,
-            client: Some(Client::Proxy.to_string()),
-            method: req.method().to_string(),
-            origin: match (req.uri().scheme_str(), req.uri().authority()) {
-                (Some(scheme), Some(authority)) => format!("{scheme}://{authority}")
-                    .chars()
-                    .take(256)
-                    .collect(),
-                _ => String::new(),
-            },
-            path: String::new(),
-            decision: Outcome::Deny,
-            reason: Some("unauthenticated".into()),
-            grant: None,
-            credential: None,
-            status: Some(407),
-            duration_ms: 0,
-            bytes: 0,
-            scrubbed: 0,
-            override_: false,
+        let origin = match (req.uri().scheme_str(), req.uri().authority()) {
+            (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
+            _ => String::new(),
         };
+        let mut entry = Entry::new(
+            Outcome::Deny,
+            req.method().as_str(),
+            origin.chars().take(256).collect::<String>(),
+            "",
+        );
+        entry.client = Some(Client::Proxy.to_string());
+        entry.reason = Some("unauthenticated".into());
+        entry.status = Some(407);
         match self.egress.audit().record(entry) {
             Ok(_) => EgressError::Unauthenticated.to_response(true),
             Err(_) => EgressError::AuditUnavailable.to_response(true),

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::copy_dir;
 use behalf::audit::{
     self, AuditError, AuditLog, Entry, Outcome, Problem, Record, VerifyError, VerifyReport,
 };
@@ -470,19 +471,6 @@ fn the_flusher_fsyncs_without_being_asked() {
 }
 
 // === behalf audit verify ===
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
 
 /// Runs `behalf --policies P --state S audit verify`: (exit code, stdout, stderr).
 fn cli_verify(policies: &Path, state: &Path) -> (Option<i32>, String, String) {

@@ -4,6 +4,7 @@
 //! Exit codes (DESIGN.md "CLI"): 0 ok, 1 a negative answer (deny, failed policy test),
 //! 2 usage / bad input, 64 bad configuration.
 
+use crate::support::copy_dir;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -108,20 +109,6 @@ fn behalf_in(cwd: &Path, args: &[&str]) -> Run {
 /// Runs `behalf ARGS` in the crate root, where `policies` is the shipped set.
 fn behalf(args: &[&str]) -> Run {
     behalf_in(crate_root(), args)
-}
-
-/// Copies a directory tree.
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// A temp dir holding a copy of the shipped policies as `<tmp>/<name>`.

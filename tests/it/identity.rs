@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::copy_dir;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD as B64};
 use behalf::identity::dev::{self, MintError};
@@ -1853,18 +1854,6 @@ async fn without_dev_mode_there_is_no_dev_issuer() {
 
 /// A copy of the shipped `policies/` in a temp dir, with `dev` set as asked.
 fn policies_copy(dev: bool) -> (TempDir, PathBuf) {
-    fn copy_dir(from: &Path, to: &Path) {
-        fs::create_dir_all(to).unwrap();
-        for entry in fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
-                copy_dir(&entry.path(), &target);
-            } else {
-                fs::copy(entry.path(), &target).unwrap();
-            }
-        }
-    }
     let tmp = tempfile::tempdir().unwrap();
     let policies = tmp.path().join("policies");
     copy_dir(

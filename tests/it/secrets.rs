@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+use crate::support::copy_dir;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use behalf::policy::settings::{Backend, Settings};
@@ -637,19 +638,6 @@ impl Run {
     fn expect(&self, code: i32) -> &Self {
         assert_eq!(self.code, Some(code), "{self}");
         self
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
     }
 }
 
