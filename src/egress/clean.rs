@@ -57,6 +57,8 @@ pub fn clean(
     headers.remove(header::PROXY_AUTHORIZATION);
     headers.remove(header::AUTHORIZATION);
     headers.remove(header::UPGRADE);
+    // The client frames the body itself (chunked for HTTP/1.1, DATA frames for HTTP/2).
+    headers.remove(header::TRANSFER_ENCODING);
     for name in METHOD_OVERRIDES.iter().chain(&HOP_BY_HOP) {
         headers.remove(*name);
     }
@@ -70,9 +72,15 @@ pub fn clean(
     if keep_trailers {
         headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
     }
-    if service.scrub_responses {
+    if service.scrub_responses && service.credential.is_some() {
+        // A scrubbed response must be readable: no byte ranges that could reassemble a
+        // credential across requests, no compression that could hide one.
         headers.remove(header::RANGE);
         headers.remove(header::IF_RANGE);
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("identity"),
+        );
     }
     if let Some(Inject::Header { name, .. } | Inject::Placeholder { name, .. }) = &service.inject {
         headers.remove(name);

@@ -241,6 +241,20 @@ impl Verifier {
 
     /// Verifies a token as of `now`.
     pub async fn verify_at(&self, token: &str, now: SystemTime) -> Result<Principal, Rejection> {
+        Ok(self.verify_expiring_at(token, now).await?.0)
+    }
+
+    /// Verifies a token now, also returning when it expires (a CONNECT tunnel is closed then).
+    pub async fn verify_expiring(&self, token: &str) -> Result<(Principal, SystemTime), Rejection> {
+        self.verify_expiring_at(token, SystemTime::now()).await
+    }
+
+    async fn verify_expiring_at(
+        &self,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<(Principal, SystemTime), Rejection> {
+        let at = |exp: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0));
         let now = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -251,7 +265,7 @@ impl Verifier {
         if let Some((p, exp)) = self.cache_lock().get(&hash)
             && now < *exp
         {
-            return Ok(p.clone());
+            return Ok((p.clone(), at(*exp)));
         }
         let (principal, exp) = self.verify_uncached(token, now).await?;
         let mut cache = self.cache_lock();
@@ -262,7 +276,7 @@ impl Verifier {
             }
         }
         cache.insert(hash, (principal.clone(), exp));
-        Ok(principal)
+        Ok((principal, at(exp)))
     }
 
     fn cache_lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Principal, i64)>> {

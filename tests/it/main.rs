@@ -3,6 +3,7 @@
 mod audit;
 mod cli_policy;
 mod faults;
+mod http2;
 mod identity;
 mod policy_decide;
 mod policy_load;

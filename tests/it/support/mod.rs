@@ -47,7 +47,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -118,6 +118,13 @@ pub const TLS_ORIGINS: &[&str] = &[
 
 /// `http://` origins sent to the plain mock by `--connect-to`.
 pub const PLAIN_ORIGINS: &[&str] = &["http://intranet.test"];
+
+/// ALPN for an HTTP/2-only upstream (see [`TestCa::server_config_alpn`]).
+pub const ALPN_H2: &[&str] = &["h2"];
+/// ALPN for an upstream that prefers HTTP/2 and also speaks HTTP/1.1.
+pub const ALPN_H2_H1: &[&str] = &["h2", "http/1.1"];
+/// ALPN for an HTTP/1.1-only upstream (what [`TestCa::server_config`] offers).
+pub const ALPN_H1: &[&str] = &["http/1.1"];
 
 // === policy files ===
 
@@ -713,6 +720,22 @@ impl TestCa {
         Arc::new(config)
     }
 
+    /// As [`TestCa::server_config`], offering exactly the ALPN protocols `alpn` (e.g.
+    /// [`ALPN_H2`], [`ALPN_H2_H1`], [`ALPN_H1`]), in preference order.
+    pub fn server_config_alpn(&self, names: &[&str], alpn: &[&str]) -> Arc<rustls::ServerConfig> {
+        let (chain, key) = self.server_cert(names);
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Arc::new(config)
+    }
+
     /// As [`TestCa::server_config`], with the leaf's parameters adjusted by `edit` before
     /// signing (e.g. a validity period in the past).
     pub fn server_config_with(
@@ -757,6 +780,13 @@ pub struct Recorded {
     pub sni: Option<String>,
     /// Which accepted connection (from 0) it arrived on.
     pub connection: usize,
+    /// The HTTP version it arrived as (`HTTP/2.0` only from [`MockUpstream::start_auto`]).
+    pub version: http::Version,
+    /// The request URI's authority: the `:authority` pseudo-header of an HTTP/2 request;
+    /// `None` for an HTTP/1.1 request in origin form (see [`Recorded::host`]).
+    pub authority: Option<String>,
+    /// The ALPN protocol negotiated on its connection (TLS mocks), e.g. `h2`.
+    pub alpn: Option<String>,
 }
 
 impl Recorded {
@@ -820,7 +850,8 @@ pub fn echo(req: &Recorded) -> Response<BoxBody> {
     )
 }
 
-/// An in-process HTTP/1.1 upstream on 127.0.0.1:0, plain or TLS, that records every request.
+/// An in-process HTTP/1.1 upstream on 127.0.0.1:0, plain or TLS, that records every request
+/// (or HTTP/1.1 and HTTP/2, from [`MockUpstream::start_auto`]).
 pub struct MockUpstream {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -839,6 +870,18 @@ impl Drop for MockUpstream {
 impl MockUpstream {
     /// Starts a mock; with `tls`, it speaks TLS with that configuration.
     pub async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        Self::start_inner(tls, false).await
+    }
+
+    /// Starts an HTTP/2-capable mock, served by `hyper_util`'s auto builder: HTTP/2 on a
+    /// connection whose ALPN is `h2`, HTTP/1.1 on one whose ALPN is `http/1.1`, and either
+    /// (by the client's preface) without TLS or ALPN. Give `tls` its protocols with
+    /// [`TestCa::server_config_alpn`]; [`Recorded::version`] tells what each request used.
+    pub async fn start_auto(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        Self::start_inner(tls, true).await
+    }
+
+    async fn start_inner(tls: Option<Arc<rustls::ServerConfig>>, auto: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
@@ -864,9 +907,34 @@ impl MockUpstream {
                                     return;
                                 };
                                 let sni = tls.get_ref().1.server_name().map(str::to_owned);
-                                serve_mock(tls, sni, id, requests, handler).await;
+                                let alpn = tls
+                                    .get_ref()
+                                    .1
+                                    .alpn_protocol()
+                                    .map(|p| String::from_utf8_lossy(p).into_owned());
+                                let conn = ConnInfo {
+                                    sni,
+                                    alpn,
+                                    connection: id,
+                                };
+                                if auto {
+                                    serve_mock_auto(tls, conn, requests, handler).await;
+                                } else {
+                                    serve_mock(tls, conn, requests, handler).await;
+                                }
                             }
-                            None => serve_mock(tcp, None, id, requests, handler).await,
+                            None => {
+                                let conn = ConnInfo {
+                                    sni: None,
+                                    alpn: None,
+                                    connection: id,
+                                };
+                                if auto {
+                                    serve_mock_auto(tcp, conn, requests, handler).await;
+                                } else {
+                                    serve_mock(tcp, conn, requests, handler).await;
+                                }
+                            }
                         }
                     });
                 }
@@ -930,19 +998,35 @@ impl MockUpstream {
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+
+    /// The HTTP version of every request received so far, in order.
+    pub fn versions(&self) -> Vec<http::Version> {
+        self.requests().iter().map(|r| r.version).collect()
+    }
 }
 
-async fn serve_mock<IO>(
-    io: IO,
+/// What a mock knows about one accepted connection.
+#[derive(Clone)]
+struct ConnInfo {
     sni: Option<String>,
+    alpn: Option<String>,
     connection: usize,
+}
+
+/// The mock's service: records each request (with its connection's details), then answers
+/// it with the current handler.
+fn mock_service(
+    conn: ConnInfo,
     requests: Arc<Mutex<Vec<Recorded>>>,
     handler: Arc<Mutex<Handler>>,
-) where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = service_fn(move |req: Request<Incoming>| {
-        let (requests, handler, sni) = (requests.clone(), handler.clone(), sni.clone());
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<BoxBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<BoxBody>, Infallible>> + Send + 'static,
+> + Clone {
+    service_fn(move |req: Request<Incoming>| {
+        let (requests, handler, conn) = (requests.clone(), handler.clone(), conn.clone());
         async move {
             let (parts, incoming) = req.into_parts();
             let body = incoming
@@ -958,17 +1042,50 @@ async fn serve_mock<IO>(
                     .map_or_else(|| parts.uri.to_string(), |p| p.as_str().to_owned()),
                 headers: parts.headers,
                 body,
-                sni,
-                connection,
+                sni: conn.sni,
+                connection: conn.connection,
+                version: parts.version,
+                authority: parts.uri.authority().map(|a| a.as_str().to_owned()),
+                alpn: conn.alpn,
             };
             requests.lock().unwrap().push(recorded.clone());
             let handler = handler.lock().unwrap().clone();
             Ok::<_, Infallible>(handler(recorded).await)
         }
-    });
+    })
+}
+
+async fn serve_mock<IO>(
+    io: IO,
+    conn: ConnInfo,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    handler: Arc<Mutex<Handler>>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let _ = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection(TokioIo::new(io), mock_service(conn, requests, handler))
         .with_upgrades()
+        .await;
+}
+
+/// As [`serve_mock`], HTTP/2 or HTTP/1.1: by ALPN when one was negotiated, else by preface.
+async fn serve_mock_auto<IO>(
+    io: IO,
+    conn: ConnInfo,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    handler: Arc<Mutex<Handler>>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    match conn.alpn.as_deref() {
+        Some("h2") => builder = builder.http2_only(),
+        Some("http/1.1") => builder = builder.http1_only(),
+        _ => {}
+    }
+    let _ = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), mock_service(conn, requests, handler))
         .await;
 }
 
