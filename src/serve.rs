@@ -11,6 +11,7 @@ use crate::egress::{self, Egress, Resolver, SystemResolver};
 use crate::identity::{IdentityError, Verifier};
 use crate::policy::{LoadError, Origin, PolicySet};
 use crate::proxy::Proxy;
+use crate::proxy::ca::{Ca, CaError};
 use crate::secrets::{self, SecretError};
 use crate::state::{StateDir, StateError};
 
@@ -47,6 +48,9 @@ pub enum StartError {
     /// The pipeline cannot be built.
     #[error("egress: {0}")]
     Egress(#[from] egress::BuildError),
+    /// The interception CA cannot be created or loaded.
+    #[error("interception CA: {0}")]
+    Ca(#[from] CaError),
     /// `--connect-to` outside development mode.
     #[error(
         "--connect-to is a development feature: set `dev = true` in behalf.toml (never in \
@@ -76,6 +80,8 @@ pub struct Sidecar {
     pub egress: Arc<Egress>,
     /// The identity verifier.
     pub verifier: Arc<Verifier>,
+    /// The interception CA for CONNECT.
+    pub ca: Arc<Ca>,
 }
 
 impl Sidecar {
@@ -103,6 +109,7 @@ impl Sidecar {
             Arc::from(secrets::open_store(settings, &state)?);
         let audit = AuditLog::open(&state, settings.audit.rotate_bytes)?;
         let verifier = Arc::new(Verifier::new(settings, Some(&state))?);
+        let ca = Arc::new(Ca::open(&state)?);
         let overrides: HashMap<Origin, SocketAddr> = options.connect_to.iter().cloned().collect();
         let egress = Arc::new(Egress::new(
             policy.clone(),
@@ -116,12 +123,13 @@ impl Sidecar {
             state,
             egress,
             verifier,
+            ca,
         })
     }
 
     /// The forward proxy over this sidecar's pipeline.
     pub fn proxy(&self) -> Arc<Proxy> {
-        Arc::new(Proxy::new(self.egress.clone(), self.verifier.clone()))
+        Arc::new(Proxy::new(self.egress.clone(), self.verifier.clone()).with_ca(self.ca.clone()))
     }
 }
 

@@ -3,6 +3,7 @@
 //! 64 bad configuration (named file and line), 70 internal error.
 
 mod audit;
+mod ca;
 mod policy;
 mod secret;
 mod serve;
@@ -61,6 +62,9 @@ pub enum Command {
     /// Check the audit log's chain.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// The interception CA.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// Run the sidecar (the forward proxy; the tool API comes with the sandbox).
     Serve(serve::ServeArgs),
 }
@@ -72,6 +76,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Token(cmd) => token::run(cmd, &cli.policies, cli.state.as_deref()),
         Command::Secret(cmd) => secret::run(cmd, &cli.policies, cli.state.as_deref()),
         Command::Audit(cmd) => audit::run(cmd, &cli.policies, cli.state.as_deref()),
+        Command::Ca(cmd) => ca::run(cmd, &cli.policies, cli.state.as_deref()),
         Command::Serve(args) => serve::run(args, &cli.policies, cli.state.as_deref()),
     }
 }

@@ -11,7 +11,7 @@
 //! 5. [`inject`](crate::inject::inject) it;
 //! 6. connect ([`connect`]: resolver seam, SSRF guard, TLS) and
 //! 7. send, never following redirects;
-//! 8. scrub the response ([`scrub`], a pass-through until interception fills it);
+//! 8. [`scrub`] every injected form of the credential from the response;
 //! 9. audit the decision and outcome ([`crate::audit`]).
 
 pub mod body;
@@ -19,7 +19,7 @@ mod clean;
 pub mod connect;
 mod error;
 mod normalise;
-mod scrub;
+pub mod scrub;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -89,6 +89,8 @@ pub struct Call<'a> {
     pub invocation: Option<&'a str>,
     /// This invocation's placeholders.
     pub placeholders: &'a Placeholders,
+    /// For a request inside a CONNECT tunnel: the tunnel's origin, the only one it may target.
+    pub tunnel: Option<&'a Origin>,
 }
 
 /// Why the pipeline could not be built.
@@ -214,6 +216,18 @@ impl Egress {
         entry.origin = target.origin.to_string();
         entry.path = target.path.clone();
         entry.override_ = self.overrides.contains_key(&target.origin);
+        if let Some(tunnel) = call.tunnel
+            && target.origin != *tunnel
+        {
+            let e = EgressError::Refused {
+                message: format!(
+                    "inside a tunnel to {tunnel}, a request may only target {tunnel}, not {}",
+                    target.origin
+                ),
+                hint: "open a CONNECT tunnel to each origin you call".into(),
+            };
+            return Err(self.refuse(entry, started, e));
+        }
 
         // 2. Decide.
         let allow = match self
@@ -312,7 +326,6 @@ impl Egress {
             return Err(self.refuse(entry, started, e));
         }
         let (mut resp_parts, resp_body) = resp.into_parts();
-        strip_hop_by_hop(&mut resp_parts.headers);
         if content_length(&resp_parts.headers).is_some_and(|n| n > self.limits.max_response_body) {
             let e = EgressError::UpstreamFailed(format!(
                 "the response from {} is larger than max_response_body ({} bytes)",
@@ -321,13 +334,21 @@ impl Egress {
             return Err(self.refuse(entry, started, e));
         }
 
-        // 8. Scrub.
-        let resp_body = scrub::scrub(
+        // 8. Scrub, on the headers as received (it must see a `Transfer-Encoding`); it drops
+        // `Content-Length` from a body it rewrites, so the size check above comes first.
+        let (resp_body, scrubbed) = match scrub::scrub_response(
             &mut resp_parts,
             body::boxed(resp_body),
             &injected,
             allow.service,
-        );
+        ) {
+            Ok(scrubbed) => scrubbed,
+            Err(e) => {
+                let e = EgressError::UpstreamFailed(format!("{e} (from {})", target.origin));
+                return Err(self.refuse(entry, started, e));
+            }
+        };
+        strip_hop_by_hop(&mut resp_parts.headers);
 
         // 9. Audit, when the response body has ended (with its size and outcome).
         entry.status = Some(resp_parts.status.as_u16());
@@ -338,6 +359,7 @@ impl Egress {
             self.limits.upstream_timeout,
             move |bytes, end| {
                 entry.bytes = bytes;
+                entry.scrubbed = scrubbed.get();
                 entry.duration_ms = started.elapsed().as_millis() as u64;
                 if end != body::End::Complete {
                     entry.decision = Outcome::Error;

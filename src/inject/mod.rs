@@ -34,6 +34,7 @@ pub enum InjectError {
 #[derive(Default)]
 pub struct Injected {
     forms: Vec<Zeroizing<Vec<u8>>>,
+    raw: Option<Zeroizing<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Injected {
@@ -53,6 +54,15 @@ impl Injected {
     /// The forms, longest first.
     pub fn forms(&self) -> impl Iterator<Item = &[u8]> {
         self.forms.iter().map(|f| f.as_slice())
+    }
+
+    /// The raw credential the forms were rendered from, when one was injected (so that the
+    /// scrubber can derive further encodings of it).
+    pub fn raw(&self) -> Option<&[u8]> {
+        self.raw
+            .as_deref()
+            .map(Vec::as_slice)
+            .filter(|r| !r.is_empty())
     }
 
     /// Whether nothing was injected.
@@ -90,6 +100,7 @@ pub fn inject(
     let raw = secret.expose();
     let mut injected = Injected::default();
     injected.add(raw);
+    injected.raw = Some(Zeroizing::new(raw.to_vec()));
     match form {
         Inject::Header { name, template } => {
             let value = render(template, raw);

@@ -144,12 +144,20 @@ impl Grant {
         method: &Method,
         path: &str,
     ) -> GrantCheck {
+        match self.check_caller(principal, client) {
+            GrantCheck::Matched if !self.allow.iter().any(|r| r.matches(method, path)) => {
+                GrantCheck::NoRoute
+            }
+            other => other,
+        }
+    }
+
+    /// Checks only who is calling and through which client (no route).
+    pub fn check_caller(&self, principal: &Principal, client: &Client) -> GrantCheck {
         if !self.who.iter().any(|w| w.covers(principal)) {
             GrantCheck::NotGrantee
         } else if !self.clients.iter().any(|c| c.admits(client)) {
             GrantCheck::ClientNotListed
-        } else if !self.allow.iter().any(|r| r.matches(method, path)) {
-            GrantCheck::NoRoute
         } else {
             GrantCheck::Matched
         }
@@ -288,6 +296,51 @@ impl PolicySet {
                 service,
                 method: method.clone(),
                 path: target.path.clone(),
+            },
+        })
+    }
+
+    /// Whether a principal, through `client`, has any grant at all for the service claiming
+    /// `origin`: the question a `CONNECT` is decided on, before any request inside the tunnel
+    /// is known. Each request in the tunnel is still decided on its own. Pure.
+    pub fn admits_origin(
+        &self,
+        principal: &Principal,
+        client: &Client,
+        origin: &Origin,
+    ) -> Result<&Service, Deny> {
+        let si = self.service_index(origin).ok_or_else(|| Deny::NoService {
+            origin: origin.clone(),
+        })?;
+        let service = &self.services[si];
+        let tenant = self
+            .tenants
+            .get(&principal.tenant)
+            .ok_or_else(|| Deny::NoTenantPolicy {
+                tenant: principal.tenant.clone(),
+            })?;
+        let grants = tenant
+            .grants_by_service
+            .get(&si)
+            .map_or(&[][..], Vec::as_slice);
+        let mut best = None;
+        for &gi in grants {
+            match tenant.tenant.grants[gi].check_caller(principal, client) {
+                GrantCheck::Matched => return Ok(service),
+                check => best = best.max(Some(check)),
+            }
+        }
+        let service_name = service.name.clone();
+        Err(match best {
+            None => Deny::NoGrantForService {
+                service: service_name,
+            },
+            Some(GrantCheck::NotGrantee) => Deny::NotGrantee {
+                service: service_name,
+            },
+            Some(_) => Deny::ClientNotGranted {
+                service: service_name,
+                client: client.clone(),
             },
         })
     }

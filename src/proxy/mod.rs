@@ -7,6 +7,9 @@
 //! with the token as password) and never remembered per connection, so two users' requests on
 //! one keep-alive connection each carry their own credential.
 
+pub mod ca;
+mod tunnel;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +21,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::{Entry, Outcome};
 use crate::egress::{BoxBody, Call, Egress, EgressError, Placeholders, body};
@@ -33,17 +36,33 @@ const MAX_HEADERS: usize = 100;
 /// Time allowed for a request's headers to arrive (slow clients).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A connection's share of `max_connections`, carried by a CONNECT request into its tunnel
+/// (which outlives the HTTP connection it was upgraded from), so tunnels count too.
+#[derive(Clone)]
+struct ConnectionPermit(#[allow(dead_code, reason = "held, never read")] Arc<OwnedSemaphorePermit>);
+
 /// The forward proxy: verifies each request's identity and hands it to the pipeline.
 #[derive(Debug)]
 pub struct Proxy {
     egress: Arc<Egress>,
     verifier: Arc<Verifier>,
+    ca: Option<Arc<ca::Ca>>,
 }
 
 impl Proxy {
-    /// A proxy over a pipeline and a verifier.
+    /// A proxy over a pipeline and a verifier, without CONNECT (no interception CA).
     pub fn new(egress: Arc<Egress>, verifier: Arc<Verifier>) -> Self {
-        Self { egress, verifier }
+        Self {
+            egress,
+            verifier,
+            ca: None,
+        }
+    }
+
+    /// Enables CONNECT, intercepted with certificates from `ca`.
+    pub fn with_ca(mut self, ca: Arc<ca::Ca>) -> Self {
+        self.ca = Some(ca);
+        self
     }
 
     /// Serves connections from `listener` until `shutdown` resolves, at most
@@ -78,8 +97,14 @@ impl Proxy {
             let _ = stream.set_nodelay(true);
             let proxy = self.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
+                // A CONNECT tunnel outlives this HTTP connection: it takes a share of the permit.
+                let permit = Arc::new(permit);
+                let share = permit.clone();
+                let service = service_fn(move |mut req: Request<Incoming>| {
                     let proxy = proxy.clone();
+                    if req.method() == Method::CONNECT {
+                        req.extensions_mut().insert(ConnectionPermit(share.clone()));
+                    }
                     async move { Ok::<_, Infallible>(proxy.handle(req).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
@@ -87,7 +112,8 @@ impl Proxy {
                     .header_read_timeout(HEADER_TIMEOUT)
                     .max_buf_size(MAX_HEADER_BYTES)
                     .max_headers(MAX_HEADERS)
-                    .serve_connection(TokioIo::new(stream), service);
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "proxy connection ended with an error");
                 }
@@ -96,9 +122,10 @@ impl Proxy {
         }
     }
 
-    /// Handles one request: authenticate it, then run it through the pipeline.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
-        let principal = match self.authenticate(req.headers()).await {
+    /// Handles one request: authenticate it, then run it through the pipeline (or, for
+    /// CONNECT, decide and intercept the tunnel).
+    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<BoxBody> {
+        let (principal, expires) = match self.authenticate(req.headers()).await {
             Ok(p) => p,
             Err(reason) => {
                 tracing::info!(%reason, method = %req.method(), "proxy request rejected: unauthenticated");
@@ -106,13 +133,7 @@ impl Proxy {
             }
         };
         if req.method() == Method::CONNECT {
-            let e = EgressError::Refused {
-                message: "CONNECT tunnels are not available yet: behalf never opens an opaque \
-                          tunnel, and HTTPS interception is not built into this version"
-                    .into(),
-                hint: "send plain-HTTP requests in absolute form through the proxy".into(),
-            };
-            return e.to_response(true);
+            return self.connect(req, principal, expires).await;
         }
         let placeholders = Placeholders::none();
         let call = Call {
@@ -120,6 +141,7 @@ impl Proxy {
             client: Client::Proxy,
             invocation: None,
             placeholders: &placeholders,
+            tunnel: None,
         };
         match self.egress.handle(&call, req.map(body::boxed)).await {
             Ok(resp) => resp,
@@ -149,7 +171,10 @@ impl Proxy {
     }
 
     /// The principal of this request, from its own `Proxy-Authorization`.
-    async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, String> {
+    async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<(Principal, std::time::SystemTime), String> {
         let mut values = headers.get_all(header::PROXY_AUTHORIZATION).iter();
         let (Some(value), None) = (values.next(), values.next()) else {
             return Err("expected exactly one Proxy-Authorization header".into());
@@ -176,7 +201,7 @@ impl Proxy {
             return Err(format!("unsupported Proxy-Authorization scheme `{scheme}`"));
         };
         self.verifier
-            .verify(&token)
+            .verify_expiring(&token)
             .await
             .map_err(|r| r.to_string())
     }

@@ -47,10 +47,6 @@ async fn mock(h: &Harness, host: &str, alpn: &[&str]) -> MockUpstream {
     mock
 }
 
-fn bearer(secret: &str) -> Vec<String> {
-    vec![format!("Bearer {secret}")]
-}
-
 /// The authority as the upstream saw it: `:authority`, and a `Host` header only if it agrees
 /// (HTTP/2 allows one that matches; it must never differ).
 fn assert_authority(seen: &Recorded, host: &str) {

@@ -1,7 +1,9 @@
 //! Integration tests: one binary so heavy dependencies link once.
 
 mod audit;
+mod ca;
 mod cli_policy;
+mod connect;
 mod faults;
 mod http2;
 mod identity;

@@ -34,10 +34,6 @@ fn assert_no_identity_forwarded(h: &Harness, seen: &Recorded) {
     }
 }
 
-fn bearer(secret: &str) -> Vec<String> {
-    vec![format!("Bearer {secret}")]
-}
-
 // === isolation ===
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1261,6 +1257,7 @@ async fn a_placeholder_is_swapped_only_in_its_own_header_for_its_own_origin() {
         client: Client::Tool(ToolName::parse("tooly").unwrap()),
         invocation: Some("inv-1"),
         placeholders: &placeholders,
+        tunnel: None,
     };
     let send = |url: &str, headers: &[(&str, String)]| {
         let mut b = Request::get(url);

@@ -39,6 +39,7 @@ use behalf::policy::service::CredentialName;
 use behalf::policy::{Origin, PolicySet};
 use behalf::principal::{GroupId, Principal, TenantId, UserId};
 use behalf::proxy::Proxy;
+use behalf::proxy::ca::Ca;
 use behalf::secrets::{self, Namespace, Secret, SecretError, SecretId, SecretInfo, SecretStore};
 use behalf::serve::{Options, Sidecar};
 use behalf::state::StateDir;
@@ -322,6 +323,8 @@ pub struct Config {
     /// Runs with the state directory's path once the policies, secrets and tokens are written
     /// and before the sidecar opens its audit log (e.g. to point the log at `/dev/full`).
     pub before_open: Option<BeforeOpen>,
+    /// The proxy's `max_connections` (1024 when `None`).
+    pub max_connections: Option<usize>,
 }
 
 /// See [`Config::before_open`]: gets the state directory's path.
@@ -350,6 +353,9 @@ pub struct Harness {
     pub spy: Option<Arc<SpyStore>>,
     /// The forward proxy's address.
     pub proxy_addr: SocketAddr,
+    /// The sidecar's interception CA (CONNECT), for counting leaf mints; `None` when
+    /// [`Config::spy_secrets`] built the proxy by hand (without CONNECT).
+    pub interception_ca: Option<Arc<Ca>>,
     /// Tokens: acme/alice and acme/bob (group eng), globex/carol (no groups).
     pub alice: String,
     /// See [`Harness::alice`].
@@ -455,7 +461,7 @@ impl Harness {
             hook(&state_path);
         }
         let resolver = Arc::new(TestResolver::default());
-        let (egress, proxy, spy) = if config.spy_secrets {
+        let (egress, proxy, spy, interception_ca) = if config.spy_secrets {
             let spy = Arc::new(SpyStore::new(
                 secrets::open_store(&settings, &state).unwrap(),
             ));
@@ -472,7 +478,7 @@ impl Harness {
             );
             let verifier = Arc::new(Verifier::new(&settings, Some(&state)).unwrap());
             let proxy = Arc::new(Proxy::new(egress.clone(), verifier));
-            (egress, proxy, Some(spy))
+            (egress, proxy, Some(spy), None)
         } else {
             let options = Options {
                 policies: policies.clone(),
@@ -481,13 +487,15 @@ impl Harness {
             };
             let sidecar = Sidecar::open_with_resolver(&options, resolver.clone())
                 .unwrap_or_else(|e| panic!("{e}"));
-            (sidecar.egress.clone(), sidecar.proxy(), None)
+            let ca = sidecar.ca.clone();
+            (sidecar.egress.clone(), sidecar.proxy(), None, Some(ca))
         };
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy_addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let proxy_task = tokio::spawn(proxy.serve(listener, 1024, async move {
+        let max_connections = config.max_connections.unwrap_or(1024);
+        let proxy_task = tokio::spawn(proxy.serve(listener, max_connections, async move {
             let _ = rx.await;
         }));
 
@@ -502,6 +510,7 @@ impl Harness {
             egress,
             spy,
             proxy_addr,
+            interception_ca,
             alice,
             bob,
             carol,
@@ -513,6 +522,27 @@ impl Harness {
     /// A development token for any principal (1 h).
     pub fn token(&self, tenant: &str, user: &str, groups: &[&str]) -> String {
         mint(&self.state, tenant, user, groups)
+    }
+
+    /// A development token for any principal, valid for `ttl` (whole seconds: `exp` is
+    /// `iat + ttl`, `iat` being the current second).
+    pub fn token_with_ttl(
+        &self,
+        tenant: &str,
+        user: &str,
+        groups: &[&str],
+        ttl: Duration,
+    ) -> String {
+        let groups: Vec<GroupId> = groups.iter().map(|g| GroupId::parse(g).unwrap()).collect();
+        dev::mint(
+            true,
+            &self.state,
+            &TenantId::parse(tenant).unwrap(),
+            &UserId::parse(user).unwrap(),
+            &groups,
+            ttl,
+        )
+        .unwrap()
     }
 
     /// A token signed with the right key but expired two minutes ago (beyond the dev issuer's
@@ -1551,4 +1581,9 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
+}
+
+/// The header values a bearer credential shows up as.
+pub fn bearer(secret: &str) -> Vec<String> {
+    vec![format!("Bearer {secret}")]
 }
