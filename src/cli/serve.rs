@@ -89,7 +89,11 @@ fn banner(sidecar: &Sidecar, proxy: SocketAddr, options: &Options) {
     }
     eprintln!("  policies      {policies}");
     eprintln!("  state         {state}");
-    eprintln!("  forward proxy http://{proxy}");
+    eprintln!("  forward proxy http://{proxy}  (HTTP, and HTTPS through CONNECT)");
+    eprintln!(
+        "  CA            {}/ca/ca.pem  (trust it per process, never system-wide: docs/https.md)",
+        sidecar.state.path().display()
+    );
     for (origin, addr) in &options.connect_to {
         eprintln!("  connect-to    {origin} -> {addr} (override, audited)");
     }
@@ -102,5 +106,9 @@ fn banner(sidecar: &Sidecar, proxy: SocketAddr, options: &Options) {
             "  use the proxy:  curl -x http://{proxy} --proxy-header \"Proxy-Authorization: Bearer $TOKEN\" http://..."
         );
         eprintln!("                  or HTTP_PROXY=http://u:$TOKEN@{proxy}");
+        eprintln!(
+            "  HTTPS:          HTTPS_PROXY=http://u:$TOKEN@{proxy} curl --cacert {}/ca/ca.pem https://...",
+            sidecar.state.path().display()
+        );
     }
 }
