@@ -133,6 +133,11 @@ impl Proxy {
             }
         };
         if req.method() == Method::CONNECT {
+            // A token inside its clock-skew grace would open a tunnel that closes at once.
+            if expires <= std::time::SystemTime::now() {
+                tracing::info!("CONNECT rejected: the identity token has expired");
+                return self.unauthenticated(&req);
+            }
             return self.connect(req, principal, expires).await;
         }
         let placeholders = Placeholders::none();
@@ -153,6 +158,9 @@ impl Proxy {
     fn unauthenticated(&self, req: &Request<Incoming>) -> Response<BoxBody> {
         let origin = match (req.uri().scheme_str(), req.uri().authority()) {
             (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
+            (None, Some(authority)) if req.method() == Method::CONNECT => {
+                format!("https://{authority}")
+            }
             _ => String::new(),
         };
         let mut entry = Entry::new(

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_rustls::TlsAcceptor;
 
 use super::Proxy;
@@ -161,7 +161,18 @@ impl Proxy {
             let (proxy, principal, origin) = (proxy.clone(), principal.clone(), origin.clone());
             async move { Ok::<_, Infallible>(proxy.inner(req, &principal, &origin).await) }
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // The same limits as the outer proxy connection.
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(super::HEADER_TIMEOUT)
+            .max_buf_size(super::MAX_HEADER_BYTES)
+            .max_headers(super::MAX_HEADERS);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(super::MAX_HEADER_BYTES as u32);
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let left = expires
             .duration_since(SystemTime::now())
