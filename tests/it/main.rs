@@ -10,5 +10,6 @@ mod identity;
 mod policy_decide;
 mod policy_load;
 mod proxy;
+mod scrub;
 mod secrets;
 mod support;
