@@ -25,12 +25,8 @@ pub fn run(cmd: AuditCommand, policies: &Path, state: Option<&Path>) -> u8 {
 }
 
 fn verify(policies: &Path, state: Option<&Path>) -> u8 {
-    let policy = match super::load_policy(policies) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let state = match super::open_state(&policy, state) {
-        Ok(s) => s,
+    let (_, state) = match super::load_with_state(policies, state) {
+        Ok(v) => v,
         Err(code) => return code,
     };
     let key = match audit::read_key(&state) {

@@ -19,12 +19,8 @@ pub enum CaCommand {
 /// Runs a CA subcommand.
 pub fn run(cmd: CaCommand, policies: &Path, state: Option<&Path>) -> u8 {
     let CaCommand::Export = cmd;
-    let policy = match super::load_policy(policies) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let state = match super::open_state(&policy, state) {
-        Ok(s) => s,
+    let (_, state) = match super::load_with_state(policies, state) {
+        Ok(v) => v,
         Err(code) => return code,
     };
     let ca = match Ca::open(&state) {

@@ -97,6 +97,16 @@ pub(crate) fn load_policy(dir: &Path) -> Result<PolicySet, u8> {
     }
 }
 
+/// Loads the policy set and opens its state directory (see [`load_policy`], [`open_state`]).
+pub(crate) fn load_with_state(
+    policies: &Path,
+    state: Option<&Path>,
+) -> Result<(PolicySet, StateDir), u8> {
+    let policy = load_policy(policies)?;
+    let state = open_state(&policy, state)?;
+    Ok((policy, state))
+}
+
 /// Opens the state directory: `--state` if given, else `state_dir` from behalf.toml.
 /// A directory that cannot be used is a configuration error (exit 64).
 pub(crate) fn open_state(policy: &PolicySet, state: Option<&Path>) -> Result<StateDir, u8> {

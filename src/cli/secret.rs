@@ -88,12 +88,8 @@ pub fn run(cmd: SecretCommand, policies: &Path, state: Option<&Path>) -> u8 {
         },
         _ => None,
     };
-    let policy = match super::load_policy(policies) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let state = match super::open_state(&policy, state) {
-        Ok(s) => s,
+    let (policy, state) = match super::load_with_state(policies, state) {
+        Ok(v) => v,
         Err(code) => return code,
     };
     let store = match secrets::open_store(policy.settings(), &state) {
