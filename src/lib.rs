@@ -17,12 +17,14 @@
 //! - [`serve`]: assembling the sidecar before any port is bound.
 //! - [`audit`]: the HMAC-chained, fsynced audit log of every decision, and its verification.
 //! - [`state`]: the private state directory and atomic, 0600 file writes.
+//! - [`demo`]: `behalf demo`, the end-to-end story on loopback.
 //! - [`cli`]: the `behalf` command line (the binary in `main.rs` only parses and calls it).
 
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod cli;
+pub mod demo;
 pub mod egress;
 pub mod identity;
 pub mod inject;

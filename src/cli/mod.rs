@@ -4,6 +4,7 @@
 
 mod audit;
 mod ca;
+mod demo;
 mod policy;
 mod secret;
 mod serve;
@@ -50,6 +51,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the whole story on loopback: mock APIs, the sidecar in dev mode, two tenants and
+    /// three users, each step checked (exit 1 if any expectation fails).
+    Demo,
     /// Author and review policy files.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -72,6 +76,7 @@ pub enum Command {
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> u8 {
     match cli.command {
+        Command::Demo => demo::run(),
         Command::Policy(cmd) => policy::run(cmd, &cli.policies),
         Command::Token(cmd) => token::run(cmd, &cli.policies, cli.state.as_deref()),
         Command::Secret(cmd) => secret::run(cmd, &cli.policies, cli.state.as_deref()),

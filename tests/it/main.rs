@@ -4,6 +4,7 @@ mod audit;
 mod ca;
 mod cli_policy;
 mod connect;
+mod demo;
 mod faults;
 mod http2;
 mod identity;
