@@ -14,14 +14,19 @@
 //!   resolve → inject → connect → send → scrub → audit).
 //! - [`inject`]: placing a credential on a request in the service's form.
 //! - [`proxy`]: the forward-proxy front door.
+//! - [`sandbox`]: tools as wasm components in wasmtime, one fresh instance per call.
+//! - [`api`]: the sidecar HTTP API the agent calls (invoke, list tools, health, metrics).
 //! - [`serve`]: assembling the sidecar before any port is bound.
 //! - [`audit`]: the HMAC-chained, fsynced audit log of every decision, and its verification.
 //! - [`state`]: the private state directory and atomic, 0600 file writes.
 //! - [`demo`]: `behalf demo`, the end-to-end story on loopback.
 //! - [`cli`]: the `behalf` command line (the binary in `main.rs` only parses and calls it).
 
-#![forbid(unsafe_code)]
+// `unsafe` is denied everywhere but one function: loading precompiled components behalf
+// wrote itself (`sandbox::deserialize_own_artifact`), which says why it is sound.
+#![deny(unsafe_code)]
 
+pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod demo;
@@ -31,6 +36,7 @@ pub mod inject;
 pub mod policy;
 pub mod principal;
 pub mod proxy;
+pub mod sandbox;
 pub mod secrets;
 pub mod serve;
 pub mod state;

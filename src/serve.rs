@@ -6,12 +6,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::api::{Api, Metrics};
 use crate::audit::{AuditError, AuditLog};
 use crate::egress::{self, Egress, Resolver, SystemResolver};
 use crate::identity::{IdentityError, Verifier};
 use crate::policy::{LoadError, Origin, PolicySet};
 use crate::proxy::Proxy;
 use crate::proxy::ca::{Ca, CaError};
+use crate::sandbox::{Sandbox, SandboxError};
 use crate::secrets::{self, SecretError};
 use crate::state::{StateDir, StateError};
 
@@ -51,6 +53,9 @@ pub enum StartError {
     /// The interception CA cannot be created or loaded.
     #[error("interception CA: {0}")]
     Ca(#[from] CaError),
+    /// The tools cannot be loaded.
+    #[error("tools: {0}")]
+    Sandbox(#[from] SandboxError),
     /// `--connect-to` outside development mode.
     #[error(
         "--connect-to is a development feature: set `dev = true` in behalf.toml (never in \
@@ -82,6 +87,10 @@ pub struct Sidecar {
     pub verifier: Arc<Verifier>,
     /// The interception CA for CONNECT.
     pub ca: Arc<Ca>,
+    /// The tools.
+    pub sandbox: Arc<Sandbox>,
+    /// The metrics `/metrics` shows.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Sidecar {
@@ -118,13 +127,26 @@ impl Sidecar {
             resolver,
             overrides,
         )?);
+        let sandbox = Arc::new(Sandbox::open(&policy, egress.clone(), &state)?);
         Ok(Self {
             policy,
             state,
             egress,
             verifier,
             ca,
+            sandbox,
+            metrics: Arc::new(Metrics::new()),
         })
+    }
+
+    /// The API over this sidecar's tools.
+    pub fn api(&self) -> Arc<Api> {
+        Arc::new(Api::new(
+            self.sandbox.clone(),
+            self.verifier.clone(),
+            self.egress.clone(),
+            self.metrics.clone(),
+        ))
     }
 
     /// The forward proxy over this sidecar's pipeline.

@@ -16,6 +16,9 @@ pub struct ServeArgs {
     /// (development mode only; audited as an override). Repeatable.
     #[arg(long = "connect-to", value_name = "ORIGIN=ADDR", value_parser = parse_connect_to)]
     connect_to: Vec<(Origin, SocketAddr)>,
+    /// Where the sidecar API listens (overrides `[listen] api`).
+    #[arg(long, value_name = "ADDR")]
+    api: Option<SocketAddr>,
     /// Where the forward proxy listens (overrides `[listen] proxy`).
     #[arg(long, value_name = "ADDR")]
     proxy: Option<SocketAddr>,
@@ -54,23 +57,34 @@ async fn serve(args: ServeArgs, policies: &Path, state: Option<&Path>) -> u8 {
         }
     };
     let settings = sidecar.policy.settings();
+    let api_addr = args.api.unwrap_or(settings.listen.api);
     let proxy_addr = args.proxy.unwrap_or(settings.listen.proxy);
-    let listener = match tokio::net::TcpListener::bind(proxy_addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on {proxy_addr} (forward proxy): {e}");
+    let (api_listener, proxy_listener) = match (bind(api_addr, "API").await, bind(proxy_addr, "forward proxy").await) {
+        (Ok(a), Ok(p)) => (a, p),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
             return exit::CONFIG;
         }
     };
-    let proxy_addr = listener.local_addr().unwrap_or(proxy_addr);
-    banner(&sidecar, proxy_addr, &options);
+    let api_addr = api_listener.local_addr().unwrap_or(api_addr);
+    let proxy_addr = proxy_listener.local_addr().unwrap_or(proxy_addr);
+    banner(&sidecar, api_addr, proxy_addr, &options);
     let max_connections = settings.limits.max_connections;
-    let proxy = sidecar.proxy();
-    proxy
-        .serve(listener, max_connections, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let api = sidecar
+        .api()
+        .serve(api_listener, max_connections, until_stopped(stopped.clone()));
+    let proxy = sidecar
+        .proxy()
+        .serve(proxy_listener, max_connections, until_stopped(stopped));
+    let signal = async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = stop.send(true);
+    };
+    tokio::join!(api, proxy, signal);
     if let Err(e) = sidecar.egress.audit().sync() {
         eprintln!("error: final audit sync failed: {e}");
         return exit::INTERNAL;
@@ -79,7 +93,13 @@ async fn serve(args: ServeArgs, policies: &Path, state: Option<&Path>) -> u8 {
     exit::OK
 }
 
-fn banner(sidecar: &Sidecar, proxy: SocketAddr, options: &Options) {
+async fn bind(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+}
+
+fn banner(sidecar: &Sidecar, api: SocketAddr, proxy: SocketAddr, options: &Options) {
     let settings = sidecar.policy.settings();
     let policies = options.policies.display();
     let state = sidecar.state.path().display();
@@ -89,7 +109,13 @@ fn banner(sidecar: &Sidecar, proxy: SocketAddr, options: &Options) {
     }
     eprintln!("  policies      {policies}");
     eprintln!("  state         {state}");
+    eprintln!("  API           http://{api}  (POST /v1/tools/{{tool}}/invoke, GET /v1/tools, /healthz, /metrics)");
     eprintln!("  forward proxy http://{proxy}  (HTTP, and HTTPS through CONNECT)");
+    let tools: Vec<&str> = sidecar.sandbox.manifests().map(|m| m.name.as_str()).collect();
+    eprintln!(
+        "  tools         {}",
+        if tools.is_empty() { "(none)".to_owned() } else { tools.join(", ") }
+    );
     eprintln!(
         "  CA            {}/ca/ca.pem  (trust it per process, never system-wide: docs/https.md)",
         sidecar.state.path().display()
@@ -101,6 +127,12 @@ fn banner(sidecar: &Sidecar, proxy: SocketAddr, options: &Options) {
         eprintln!();
         eprintln!(
             "  mint a token:   TOKEN=$(behalf --policies {policies} --state {state} token mint --tenant acme --user alice --group engineering)"
+        );
+        eprintln!(
+            "  call a tool:    curl -H \"Authorization: Bearer $TOKEN\" -d '{{\"hello\": \"world\"}}' http://{api}/v1/tools/echo/invoke"
+        );
+        eprintln!(
+            "  list tools:     curl -H \"Authorization: Bearer $TOKEN\" http://{api}/v1/tools"
         );
         eprintln!(
             "  use the proxy:  curl -x http://{proxy} --proxy-header \"Proxy-Authorization: Bearer $TOKEN\" http://..."

@@ -18,7 +18,7 @@ pub mod source;
 pub mod target;
 pub mod tenant;
 pub mod testing;
-mod units;
+pub(crate) mod units;
 
 use std::collections::HashMap;
 use std::path::Path;

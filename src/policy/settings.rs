@@ -157,6 +157,15 @@ pub struct Limits {
     pub tool_memory: u64,
     /// Concurrent tool invocations per tenant.
     pub tool_concurrency_per_tenant: u32,
+    /// Size quota of one private tool state directory (per tenant, user and tool).
+    #[serde(deserialize_with = "units::size")]
+    pub tool_state_quota: u64,
+    /// Largest output (stdout) of one tool invocation.
+    #[serde(deserialize_with = "units::size")]
+    pub tool_output: u64,
+    /// Most stderr kept (and logged) from one tool invocation; the rest is dropped.
+    #[serde(deserialize_with = "units::size")]
+    pub tool_log: u64,
     /// Largest request body forwarded.
     #[serde(deserialize_with = "units::size")]
     pub max_request_body: u64,
@@ -176,6 +185,9 @@ impl Default for Limits {
             tool_timeout: Duration::from_secs(10),
             tool_memory: 64 << 20,
             tool_concurrency_per_tenant: 16,
+            tool_state_quota: 10 << 20,
+            tool_output: 1 << 20,
+            tool_log: 64 << 10,
             max_request_body: 10 << 20,
             max_response_body: 64 << 20,
             upstream_timeout: Duration::from_secs(30),
