@@ -52,10 +52,9 @@ impl Metrics {
             "Tool invocations through the API, by tool and response status",
             invocations.clone(),
         );
-        let invoke_seconds =
-            Family::<ToolLabel, Histogram>::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
-            });
+        let invoke_seconds = Family::<ToolLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+        });
         registry.register(
             "tool_invocation_duration_seconds",
             "Wall-clock time of tool invocations, from request to response",

@@ -236,7 +236,9 @@ impl Api {
         let input = match Limited::new(req.into_body(), limit).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
-                let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+                let too_large = e
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some();
                 return error_response(
                     if too_large {
                         StatusCode::PAYLOAD_TOO_LARGE
@@ -296,10 +298,7 @@ impl Api {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
             _ => return Err("Authorization must be `Bearer <identity token>`".into()),
         };
-        self.verifier
-            .verify(token)
-            .await
-            .map_err(|r| r.to_string())
+        self.verifier.verify(token).await.map_err(|r| r.to_string())
     }
 }
 

@@ -59,7 +59,10 @@ async fn serve(args: ServeArgs, policies: &Path, state: Option<&Path>) -> u8 {
     let settings = sidecar.policy.settings();
     let api_addr = args.api.unwrap_or(settings.listen.api);
     let proxy_addr = args.proxy.unwrap_or(settings.listen.proxy);
-    let (api_listener, proxy_listener) = match (bind(api_addr, "API").await, bind(proxy_addr, "forward proxy").await) {
+    let (api_listener, proxy_listener) = match (
+        bind(api_addr, "API").await,
+        bind(proxy_addr, "forward proxy").await,
+    ) {
         (Ok(a), Ok(p)) => (a, p),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("error: {e}");
@@ -74,9 +77,11 @@ async fn serve(args: ServeArgs, policies: &Path, state: Option<&Path>) -> u8 {
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let api = sidecar
-        .api()
-        .serve(api_listener, max_connections, until_stopped(stopped.clone()));
+    let api = sidecar.api().serve(
+        api_listener,
+        max_connections,
+        until_stopped(stopped.clone()),
+    );
     let proxy = sidecar
         .proxy()
         .serve(proxy_listener, max_connections, until_stopped(stopped));
@@ -109,12 +114,22 @@ fn banner(sidecar: &Sidecar, api: SocketAddr, proxy: SocketAddr, options: &Optio
     }
     eprintln!("  policies      {policies}");
     eprintln!("  state         {state}");
-    eprintln!("  API           http://{api}  (POST /v1/tools/{{tool}}/invoke, GET /v1/tools, /healthz, /metrics)");
+    eprintln!(
+        "  API           http://{api}  (POST /v1/tools/{{tool}}/invoke, GET /v1/tools, /healthz, /metrics)"
+    );
     eprintln!("  forward proxy http://{proxy}  (HTTP, and HTTPS through CONNECT)");
-    let tools: Vec<&str> = sidecar.sandbox.manifests().map(|m| m.name.as_str()).collect();
+    let tools: Vec<&str> = sidecar
+        .sandbox
+        .manifests()
+        .map(|m| m.name.as_str())
+        .collect();
     eprintln!(
         "  tools         {}",
-        if tools.is_empty() { "(none)".to_owned() } else { tools.join(", ") }
+        if tools.is_empty() {
+            "(none)".to_owned()
+        } else {
+            tools.join(", ")
+        }
     );
     eprintln!(
         "  CA            {}/ca/ca.pem  (trust it per process, never system-wide: docs/https.md)",

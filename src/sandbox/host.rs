@@ -159,7 +159,8 @@ impl WasiHttpHooks for EgressHooks {
                 uri.authority().map_or("", |a| a.as_str()),
                 uri.path()
             );
-            let request = request.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync());
+            let request =
+                request.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync());
             let call = Call {
                 principal: &principal,
                 client,
@@ -207,6 +208,9 @@ fn to_wasi(e: &EgressError) -> (Option<&'static str>, HttpError) {
         EgressError::TooLarge(_) => (Some("bad_request"), HttpError::HttpRequestBodySize(None)),
         EgressError::UpstreamFailed(_) => (None, HttpError::DestinationUnavailable),
         EgressError::UpstreamTimeout(_) => (None, HttpError::ConnectionTimeout),
-        other => (None, HttpError::InternalError(Some(other.code().to_owned()))),
+        other => (
+            None,
+            HttpError::InternalError(Some(other.code().to_owned())),
+        ),
     }
 }

@@ -206,7 +206,12 @@ fn read(dir: &Path, ceilings: &Limits, diags: &mut Diagnostics) -> Option<Manife
 }
 
 /// The manifest's limits, each at most the `behalf.toml` ceiling.
-fn limits(raw: &RawManifest, file: &SourceFile, ceilings: &Limits, diags: &mut Diagnostics) -> ToolLimits {
+fn limits(
+    raw: &RawManifest,
+    file: &SourceFile,
+    ceilings: &Limits,
+    diags: &mut Diagnostics,
+) -> ToolLimits {
     let mut limits = ToolLimits {
         memory: ceilings.tool_memory,
         timeout: ceilings.tool_timeout,
@@ -236,13 +241,21 @@ fn limits(raw: &RawManifest, file: &SourceFile, ceilings: &Limits, diags: &mut D
     }
     if let Some(t) = l.timeout {
         if t > ceilings.tool_timeout {
-            over("timeout", format!("{t:?}"), format!("{:?}", ceilings.tool_timeout));
+            over(
+                "timeout",
+                format!("{t:?}"),
+                format!("{:?}", ceilings.tool_timeout),
+            );
         }
         limits.timeout = t.min(ceilings.tool_timeout);
     }
     if let Some(q) = l.state_quota {
         if q > ceilings.tool_state_quota {
-            over("state_quota", q.to_string(), ceilings.tool_state_quota.to_string());
+            over(
+                "state_quota",
+                q.to_string(),
+                ceilings.tool_state_quota.to_string(),
+            );
         }
         limits.state_quota = q.min(ceilings.tool_state_quota);
     }

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -170,6 +171,8 @@ pub struct Invocation {
     pub result: Result<serde_json::Value, ToolError>,
     /// Outbound requests the pipeline refused.
     pub denials: Vec<Denial>,
+    /// The tool's stderr, up to its cap (also logged; not part of the API response).
+    pub log: Bytes,
 }
 
 /// One installed tool.
@@ -270,7 +273,9 @@ impl Sandbox {
             let pre = CommandPre::new(pre).map_err(|e| {
                 component_err(
                     &manifest,
-                    format!("not a wasi:cli/run command (build it as a binary for wasm32-wasip2): {e}"),
+                    format!(
+                        "not a wasi:cli/run command (build it as a binary for wasm32-wasip2): {e}"
+                    ),
                 )
             })?;
             let schema = jsonschema::validator_for(&manifest.input_schema)
@@ -327,7 +332,7 @@ impl Sandbox {
     pub async fn invoke(&self, principal: &Principal, tool: &str, input: &[u8]) -> Invocation {
         let started = Instant::now();
         let id = self.random_hex(16);
-        let (result, denials) = self.run(principal, tool, input, &id).await;
+        let (result, denials, log) = self.run(principal, tool, input, &id).await;
         let mut entry = Entry::new(
             match &result {
                 Ok(_) => Outcome::Allow,
@@ -362,6 +367,7 @@ impl Sandbox {
             id,
             result,
             denials,
+            log,
         }
     }
 
@@ -371,33 +377,37 @@ impl Sandbox {
         tool_name: &str,
         input: &[u8],
         id: &str,
-    ) -> (Result<serde_json::Value, ToolError>, Vec<Denial>) {
+    ) -> (Result<serde_json::Value, ToolError>, Vec<Denial>, Bytes) {
         let Ok(name) = ToolName::parse(tool_name) else {
             let shown: String = tool_name.chars().take(64).collect();
-            return (Err(ToolError::UnknownTool(shown)), Vec::new());
+            return (Err(ToolError::UnknownTool(shown)), Vec::new(), Bytes::new());
         };
         if let ToolDecision::Deny(d) = self.egress.policy().decide_tool(principal, &name) {
-            return (Err(ToolError::NotAllowed(d)), Vec::new());
+            return (Err(ToolError::NotAllowed(d)), Vec::new(), Bytes::new());
         }
         let Some(tool) = self.tools.get(&name) else {
-            return (Err(ToolError::UnknownTool(name.to_string())), Vec::new());
+            return (
+                Err(ToolError::UnknownTool(name.to_string())),
+                Vec::new(),
+                Bytes::new(),
+            );
         };
         if let Err(e) = check_input(tool, input) {
-            return (Err(e), Vec::new());
+            return (Err(e), Vec::new(), Bytes::new());
         }
         let Ok(_permit) = self.tenant_permit(&principal.tenant) else {
             let e = ToolError::Busy {
                 tenant: principal.tenant.clone(),
                 limit: self.per_tenant,
             };
-            return (Err(e), Vec::new());
+            return (Err(e), Vec::new(), Bytes::new());
         };
         if self.egress.audit().gate().is_err() {
             let e = ToolError::Unavailable("the audit log cannot be written".into());
-            return (Err(e), Vec::new());
+            return (Err(e), Vec::new(), Bytes::new());
         }
         let denials = Arc::new(Mutex::new(Vec::new()));
-        let result = {
+        let (result, log) = {
             let _in_use = InUse::enter(&self.in_use);
             self.execute(principal, tool, input, id, &denials).await
         };
@@ -409,7 +419,7 @@ impl Sandbox {
             }
             other => other,
         };
-        (result, denials)
+        (result, denials, log)
     }
 
     fn tenant_permit(&self, tenant: &TenantId) -> Result<OwnedSemaphorePermit, ()> {
@@ -431,29 +441,31 @@ impl Sandbox {
         input: &[u8],
         id: &str,
         denials: &Arc<Mutex<Vec<Denial>>>,
-    ) -> Result<serde_json::Value, ToolError> {
+    ) -> (Result<serde_json::Value, ToolError>, Bytes) {
         let manifest = &tool.manifest;
         let limits = manifest.limits;
         let stdout = CappedPipe::new(limits.output, Overflow::Fail);
         let stderr = CappedPipe::new(limits.log, Overflow::Truncate);
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(input.to_vec()))
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .env("BEHALF_TOOL", manifest.name.as_str())
-            .env("BEHALF_INVOCATION", id);
+        wasi.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(
+            input.to_vec(),
+        ))
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .env("BEHALF_TOOL", manifest.name.as_str())
+        .env("BEHALF_INVOCATION", id);
         let placeholders = self.placeholders();
         for (service, value) in placeholders.iter() {
             wasi.env(placeholder_env(service.as_str()), value);
         }
         let staged = if manifest.state {
-            let staged = self
-                .state
-                .stage(principal, &manifest.name, id)
-                .await
-                .map_err(|e| ToolError::Unavailable(format!("tool state directory: {e}")))?;
-            wasi.preopened_dir(&staged.path, "/state", FsPerms::ReadWrite)
-                .map_err(|e| ToolError::Unavailable(format!("tool state directory: {e}")))?;
+            let staged = match self.state.stage(principal, &manifest.name, id).await {
+                Ok(s) => s,
+                Err(e) => return (Err(state_unavailable(e)), Bytes::new()),
+            };
+            if let Err(e) = wasi.preopened_dir(&staged.path, "/state", FsPerms::ReadWrite) {
+                return (Err(state_unavailable(e)), Bytes::new());
+            }
             Some(staged)
         } else {
             None
@@ -525,15 +537,15 @@ impl Sandbox {
                     }
                     Ok(Ok(_)) => match staged.commit().await {
                         Ok(()) => Ok(value),
-                        Err(e) => Err(ToolError::Unavailable(format!("tool state directory: {e}"))),
+                        Err(e) => Err(state_unavailable(e)),
                     },
                     Ok(Err(e)) => {
                         staged.discard().await;
-                        Err(ToolError::Unavailable(format!("tool state directory: {e}")))
+                        Err(state_unavailable(e))
                     }
                     Err(e) => {
                         staged.discard().await;
-                        Err(ToolError::Unavailable(format!("tool state directory: {e}")))
+                        Err(state_unavailable(e))
                     }
                 }
             }
@@ -542,7 +554,7 @@ impl Sandbox {
                 Err(e)
             }
         };
-        result
+        (result, log)
     }
 
     /// Turns the guest's exit into output or a named failure.
@@ -564,8 +576,7 @@ impl Sandbox {
                     return Err(ToolError::Failed(format!("the tool was stopped: {hit}")));
                 } else if stdout.overflowed() || out.len() as u64 >= limits.output {
                     return Err(output_too_large(limits.output));
-                } else if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>()
-                {
+                } else if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
                     return Err(ToolError::Timeout(limits.timeout));
                 } else if e
                     .to_string()
@@ -576,7 +587,10 @@ impl Sandbox {
                         "no free sandbox slot; retry shortly".into(),
                     ));
                 } else {
-                    return Err(ToolError::Failed(format!("the tool trapped: {}", trap_summary(&e))));
+                    return Err(ToolError::Failed(format!(
+                        "the tool trapped: {}",
+                        trap_summary(&e)
+                    )));
                 }
             }
         };
@@ -679,6 +693,10 @@ async fn watch_quota(dir: &Path, quota: u64) -> u64 {
     }
 }
 
+fn state_unavailable(e: impl std::fmt::Display) -> ToolError {
+    ToolError::Unavailable(format!("tool state directory: {e}"))
+}
+
 fn quota_error(used: u64, quota: u64) -> ToolError {
     ToolError::Failed(format!(
         "state directory quota of {quota} bytes exceeded ({used} bytes); nothing this \
@@ -696,7 +714,12 @@ fn output_too_large(cap: u64) -> ToolError {
 /// The first line of a trap's message, without wasm backtraces.
 fn trap_summary(e: &wasmtime::Error) -> String {
     let msg = format!("{e:#}");
-    msg.lines().next().unwrap_or_default().chars().take(300).collect()
+    msg.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect()
 }
 
 fn log_stderr(tool: &ToolName, invocation: &str, log: &[u8], truncated: bool) {
@@ -725,23 +748,20 @@ fn spawn_ticker(engine: &Engine) {
 
 /// Loads a component from the cache of precompiled artifacts, or compiles it and caches it.
 /// Returns whether it came from the cache.
-fn load_component(
-    engine: &Engine,
-    path: &Path,
-    cache: &Path,
-) -> Result<(Component, bool), String> {
+fn load_component(engine: &Engine, path: &Path, cache: &Path) -> Result<(Component, bool), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     let key = cache_key(engine, &bytes);
     let cached = cache.join(format!("{key}.cwasm"));
     if cached.is_file() {
         match deserialize_own_artifact(engine, &cached) {
             Ok(c) => return Ok((c, true)),
-            Err(e) => tracing::warn!(path = %cached.display(), error = %e, "cached component unusable; recompiling"),
+            Err(e) => {
+                tracing::warn!(path = %cached.display(), error = %e, "cached component unusable; recompiling")
+            }
         }
     }
-    let component = Component::new(engine, &bytes).map_err(|e| {
-        format!("not a valid component (build it for wasm32-wasip2): {e:#}")
-    })?;
+    let component = Component::new(engine, &bytes)
+        .map_err(|e| format!("not a valid component (build it for wasm32-wasip2): {e:#}"))?;
     match component.serialize() {
         Ok(artifact) => {
             let written = std::fs::create_dir_all(cache)

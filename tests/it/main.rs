@@ -14,3 +14,4 @@ mod proxy;
 mod scrub;
 mod secrets;
 mod support;
+mod tools;

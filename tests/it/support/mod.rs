@@ -19,6 +19,8 @@
 // Not every test file uses every helper.
 #![allow(dead_code)]
 
+pub mod tools;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
