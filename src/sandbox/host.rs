@@ -94,11 +94,12 @@ impl ResourceLimiter for Limiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.memory {
+            let mib = |bytes: usize| bytes as f64 / f64::from(1 << 20);
             let message = format!(
-                "memory limit of {} MiB reached (the tool asked to grow from {} to {} MiB)",
-                self.memory >> 20,
-                current >> 20,
-                desired >> 20
+                "memory limit of {:.1} MiB reached (the tool asked to grow from {:.1} to {:.1} MiB)",
+                mib(self.memory),
+                mib(current),
+                mib(desired)
             );
             self.hit = Some(message.clone());
             return Err(wasmtime::format_err!(message));

@@ -207,16 +207,22 @@ impl std::fmt::Debug for Sandbox {
 /// images, memories no larger than the largest tool limit.
 pub fn engine(max_memory: u64) -> Result<Engine, SandboxError> {
     let mut pool = PoolingAllocationConfig::new();
+    let max_memory = usize::try_from(max_memory).unwrap_or(usize::MAX);
     pool.total_component_instances(POOL_INSTANCES)
         .total_core_instances(POOL_INSTANCES * 4)
-        .total_memories(POOL_INSTANCES * 2)
+        .total_memories(POOL_INSTANCES)
         .total_tables(POOL_INSTANCES * 4)
         .total_stacks(POOL_INSTANCES)
-        .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX));
+        .max_memory_size(max_memory);
     let mut config = Config::new();
+    // Reserving only the largest tool memory per slot (not wasmtime's 4 GiB default) keeps
+    // the pool at tens of GiB of address space instead of terabytes, at the cost of explicit
+    // bounds checks in compiled code.
     config
         .epoch_interruption(true)
         .memory_init_cow(true)
+        .memory_reservation(max_memory as u64)
+        .memory_guard_size(2 << 20)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config).map_err(|e| SandboxError::Engine(e.to_string()))
 }
