@@ -826,3 +826,6 @@ fn deserialize_own_artifact(engine: &Engine, path: &Path) -> wasmtime::Result<Co
 pub fn state_dir(state: &StateDir) -> PathBuf {
     state.join("tool-state")
 }
+
+#[cfg(test)]
+mod tests;
