@@ -30,7 +30,7 @@ use crate::egress::body::empty_error;
 use crate::egress::{BoxBody, Egress, error_response};
 use crate::identity::Verifier;
 use crate::principal::Principal;
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, ToolError};
 
 /// A request head must arrive within this long.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -225,38 +225,43 @@ impl Api {
                 entry.client = Some("api".into());
                 entry.reason = Some("unauthenticated".into());
                 entry.status = Some(401);
+                self.metrics.observe_invocation(
+                    tool,
+                    &self.sandbox,
+                    StatusCode::UNAUTHORIZED,
+                    started.elapsed(),
+                );
                 if self.egress.audit().record(entry).is_err() {
                     return unavailable();
                 }
                 return unauthenticated(&reason);
             }
         };
-        let limit = usize::try_from(self.egress.policy().settings().limits.max_request_body)
-            .unwrap_or(usize::MAX);
-        let input = match Limited::new(req.into_body(), limit).collect().await {
-            Ok(b) => b.to_bytes(),
+        let limit = self.egress.policy().settings().limits.max_request_body;
+        let invocation = match Limited::new(
+            req.into_body(),
+            usize::try_from(limit).unwrap_or(usize::MAX),
+        )
+        .collect()
+        .await
+        {
+            Ok(input) => {
+                self.sandbox
+                    .invoke(&principal, tool, &input.to_bytes())
+                    .await
+            }
             Err(e) => {
-                let too_large = e
+                let error = if e
                     .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some();
-                return error_response(
-                    if too_large {
-                        StatusCode::PAYLOAD_TOO_LARGE
-                    } else {
-                        StatusCode::BAD_REQUEST
-                    },
-                    "invalid_input",
-                    &if too_large {
-                        format!("the input is larger than max_request_body ({limit} bytes)")
-                    } else {
-                        format!("the request body could not be read: {e}")
-                    },
-                    "send the tool's input as one JSON body",
-                    false,
-                );
+                    .is_some()
+                {
+                    ToolError::InputTooLarge(limit)
+                } else {
+                    ToolError::InvalidInput(format!("the request body could not be read: {e}"))
+                };
+                self.sandbox.refuse(&principal, tool, error)
             }
         };
-        let invocation = self.sandbox.invoke(&principal, tool, &input).await;
         let (status, body) = match invocation.result {
             Ok(output) => (
                 StatusCode::OK,

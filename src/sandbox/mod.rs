@@ -89,6 +89,9 @@ pub enum ToolError {
     /// The input is not JSON or fails the tool's schema.
     #[error("{0}")]
     InvalidInput(String),
+    /// The input is larger than `max_request_body`.
+    #[error("the input is larger than max_request_body ({0} bytes)")]
+    InputTooLarge(u64),
     /// The tenant's concurrency limit is reached.
     #[error("{tenant} already has {limit} tool invocations running")]
     Busy {
@@ -119,6 +122,7 @@ impl ToolError {
             Self::NotAllowed(_) => S::FORBIDDEN,
             Self::UnknownTool(_) => S::NOT_FOUND,
             Self::InvalidInput(_) => S::BAD_REQUEST,
+            Self::InputTooLarge(_) => S::PAYLOAD_TOO_LARGE,
             Self::Busy { .. } => S::TOO_MANY_REQUESTS,
             Self::Timeout(_) => S::GATEWAY_TIMEOUT,
             Self::Failed(_) => S::INTERNAL_SERVER_ERROR,
@@ -132,7 +136,7 @@ impl ToolError {
         match self {
             Self::NotAllowed(_) => "tool_not_allowed",
             Self::UnknownTool(_) => "unknown_tool",
-            Self::InvalidInput(_) => "invalid_input",
+            Self::InvalidInput(_) | Self::InputTooLarge(_) => "invalid_input",
             Self::Busy { .. } => "rate_limited",
             Self::Timeout(_) => "tool_timeout",
             Self::Failed(_) => "tool_failed",
@@ -151,6 +155,7 @@ impl ToolError {
             Self::InvalidInput(_) => {
                 "send a JSON body matching the tool's input_schema (GET /v1/tools shows it)"
             }
+            Self::InputTooLarge(_) => "send a smaller input, or raise max_request_body",
             Self::Busy { .. } => "retry after a moment, or raise tool_concurrency_per_tenant",
             Self::Timeout(_) => "the tool's [limits] timeout, or behalf.toml's tool_timeout",
             Self::Failed(_) => "see behalf's log for the tool's stderr under this invocation id",
@@ -339,13 +344,45 @@ impl Sandbox {
         let started = Instant::now();
         let id = self.random_hex(16);
         let (result, denials, log) = self.run(principal, tool, input, &id).await;
+        self.audited(principal, tool, started, id, result, denials, log)
+    }
+
+    /// An invocation refused by the front door before it reached the sandbox (an unreadable
+    /// or oversized body), audited like any other.
+    pub fn refuse(&self, principal: &Principal, tool: &str, error: ToolError) -> Invocation {
+        let id = self.random_hex(16);
+        self.audited(
+            principal,
+            tool,
+            Instant::now(),
+            id,
+            Err(error),
+            Vec::new(),
+            Bytes::new(),
+        )
+    }
+
+    /// Writes the invocation's audit record; if that fails, the result is `unavailable`.
+    #[allow(clippy::too_many_arguments)]
+    fn audited(
+        &self,
+        principal: &Principal,
+        tool: &str,
+        started: Instant,
+        id: String,
+        result: Result<serde_json::Value, ToolError>,
+        denials: Vec<Denial>,
+        log: Bytes,
+    ) -> Invocation {
+        let decision = match &result {
+            Ok(_) => Outcome::Allow,
+            Err(e) if e.status().is_client_error() && !matches!(e, ToolError::EgressDenied(_)) => {
+                Outcome::Deny
+            }
+            Err(_) => Outcome::Error,
+        };
         let mut entry = Entry::new(
-            match &result {
-                Ok(_) => Outcome::Allow,
-                Err(ToolError::NotAllowed(_) | ToolError::UnknownTool(_)) => Outcome::Deny,
-                Err(ToolError::InvalidInput(_) | ToolError::Busy { .. }) => Outcome::Deny,
-                Err(_) => Outcome::Error,
-            },
+            decision,
             "INVOKE",
             format!("tool:{tool}").chars().take(128).collect::<String>(),
             "",
