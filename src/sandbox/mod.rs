@@ -103,9 +103,12 @@ pub enum ToolError {
     /// The deadline passed.
     #[error("the tool did not finish within its {0:?} deadline")]
     Timeout(Duration),
-    /// A trap, a limit, bad output or a non-zero exit.
+    /// A trap, a limit or bad output.
     #[error("{0}")]
     Failed(String),
+    /// The tool exited with a non-zero status.
+    #[error("the tool exited with status {0}")]
+    Exited(i32),
     /// The tool exited non-zero after an outbound request was denied.
     #[error("the tool failed after {0} outbound request(s) were denied (see `denials`)")]
     EgressDenied(usize),
@@ -125,7 +128,7 @@ impl ToolError {
             Self::InputTooLarge(_) => S::PAYLOAD_TOO_LARGE,
             Self::Busy { .. } => S::TOO_MANY_REQUESTS,
             Self::Timeout(_) => S::GATEWAY_TIMEOUT,
-            Self::Failed(_) => S::INTERNAL_SERVER_ERROR,
+            Self::Failed(_) | Self::Exited(_) => S::INTERNAL_SERVER_ERROR,
             Self::EgressDenied(_) => S::FORBIDDEN,
             Self::Unavailable(_) => S::SERVICE_UNAVAILABLE,
         }
@@ -139,7 +142,7 @@ impl ToolError {
             Self::InvalidInput(_) | Self::InputTooLarge(_) => "invalid_input",
             Self::Busy { .. } => "rate_limited",
             Self::Timeout(_) => "tool_timeout",
-            Self::Failed(_) => "tool_failed",
+            Self::Failed(_) | Self::Exited(_) => "tool_failed",
             Self::EgressDenied(_) => "egress_denied",
             Self::Unavailable(_) => "unavailable",
         }
@@ -158,7 +161,9 @@ impl ToolError {
             Self::InputTooLarge(_) => "send a smaller input, or raise max_request_body",
             Self::Busy { .. } => "retry after a moment, or raise tool_concurrency_per_tenant",
             Self::Timeout(_) => "the tool's [limits] timeout, or behalf.toml's tool_timeout",
-            Self::Failed(_) => "see behalf's log for the tool's stderr under this invocation id",
+            Self::Failed(_) | Self::Exited(_) => {
+                "see behalf's log for the tool's stderr under this invocation id"
+            }
             Self::EgressDenied(_) => {
                 "each denial names the missing rule; `behalf policy explain` shows the full trace"
             }
@@ -456,8 +461,9 @@ impl Sandbox {
         };
         let denials = std::mem::take(&mut *denials.lock().unwrap_or_else(|e| e.into_inner()));
         let result = match result {
-            Err(ToolError::Failed(msg)) if !denials.is_empty() => {
-                tracing::info!(invocation = id, "tool failed after a denial: {msg}");
+            // Only a tool that gave up (exited non-zero) after a denial is reported as the
+            // denial; a limit it hit is still named as that limit.
+            Err(ToolError::Exited(_)) if !denials.is_empty() => {
                 Err(ToolError::EgressDenied(denials.len()))
             }
             other => other,
@@ -641,9 +647,7 @@ impl Sandbox {
             return Err(output_too_large(limits.output));
         }
         if exit != 0 {
-            return Err(ToolError::Failed(format!(
-                "the tool exited with status {exit}"
-            )));
+            return Err(ToolError::Exited(exit));
         }
         serde_json::from_slice(out).map_err(|e| {
             ToolError::Failed(format!(

@@ -11,6 +11,7 @@ mod identity;
 mod policy_decide;
 mod policy_load;
 mod proxy;
+mod sandbox;
 mod scrub;
 mod secrets;
 mod support;

@@ -155,10 +155,13 @@ impl ToolHarness {
         for (name, text) in &config.extra_services {
             write(&policies.join(format!("services/{name}.toml")), text);
         }
-        for (tenant, extra) in [
-            ("acme", &config.acme_extra),
-            ("globex", &config.globex_extra),
-        ] {
+        // The hostile fixture is never granted by the shipped policy; every acme member may
+        // run it here.
+        let acme_extra = format!(
+            "[[tool_access]]\nwho = [\"*\"]\ntools = [\"hostile\"]\n\n{}",
+            config.acme_extra
+        );
+        for (tenant, extra) in [("acme", &acme_extra), ("globex", &config.globex_extra)] {
             let path = policies.join(format!("tenants/{tenant}.toml"));
             let text = std::fs::read_to_string(&path).unwrap();
             write(&path, &format!("{text}\n{extra}\n"));
