@@ -577,27 +577,7 @@ impl Sandbox {
         };
         let result = match (result, staged) {
             (r, None) => r,
-            (Ok(value), Some(staged)) => {
-                let path = staged.path.clone();
-                match tokio::task::spawn_blocking(move || state::usage(&path)).await {
-                    Ok(Ok(used)) if used > limits.state_quota => {
-                        staged.discard().await;
-                        Err(quota_error(used, limits.state_quota))
-                    }
-                    Ok(Ok(_)) => match staged.commit().await {
-                        Ok(()) => Ok(value),
-                        Err(e) => Err(state_unavailable(e)),
-                    },
-                    Ok(Err(e)) => {
-                        staged.discard().await;
-                        Err(state_unavailable(e))
-                    }
-                    Err(e) => {
-                        staged.discard().await;
-                        Err(state_unavailable(e))
-                    }
-                }
-            }
+            (Ok(value), Some(staged)) => keep(staged, limits.state_quota).await.map(|()| value),
             (Err(e), Some(staged)) => {
                 staged.discard().await;
                 Err(e)
@@ -736,6 +716,26 @@ async fn watch_quota(dir: &Path, quota: u64) -> u64 {
             && used > quota
         {
             return used;
+        }
+    }
+}
+
+/// Commits a successful invocation's state if it is within its quota; otherwise discards it.
+async fn keep(staged: state::Staged, quota: u64) -> Result<(), ToolError> {
+    let path = staged.path.clone();
+    let used = tokio::task::spawn_blocking(move || state::usage(&path))
+        .await
+        .map_err(state_unavailable)
+        .and_then(|r| r.map_err(state_unavailable));
+    match used {
+        Ok(used) if used <= quota => staged.commit().await.map_err(state_unavailable),
+        Ok(used) => {
+            staged.discard().await;
+            Err(quota_error(used, quota))
+        }
+        Err(e) => {
+            staged.discard().await;
+            Err(e)
         }
     }
 }
