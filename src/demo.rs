@@ -2,12 +2,15 @@
 //!
 //! Starts a mock GitHub-like and Slack-like API on loopback (real TLS, a throw-away CA), the
 //! sidecar in development mode on the embedded example policy with a throw-away state dir,
-//! seeds credentials for two tenants and three users, and then sends requests through the
-//! forward proxy (HTTPS through CONNECT, intercepted with behalf's own CA) as each user,
-//! checking what the mock API really received. Every step says what happened and why it
+//! seeds credentials for two tenants and three users, and then invokes wasm tools through the
+//! sidecar API and sends requests through the forward proxy (HTTPS through CONNECT,
+//! intercepted with behalf's own CA) as each user, checking what the mock API really received. Every step says what happened and why it
 //! matters; the exit code is non-zero if any expectation failed, so it is also a smoke test.
 //!
-//! The wasm tool sandbox is not built yet, so the demo shows the proxy front door only.
+//! The story: tool calls through the API as alice, bob (acme) and carol (globex), each
+//! carrying only that user's (or tenant's) credential; carol denied acme's data with the
+//! reason; the hostile fixture failing at every escape and limit; the forward proxy used by a
+//! separate process (curl, when installed); the audit log verified.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,6 +44,41 @@ const TENANTS: [(&str, &str); 2] = [
     ("acme", include_str!("../policies/tenants/acme.toml")),
     ("globex", include_str!("../policies/tenants/globex.toml")),
 ];
+/// The example tools (those the example policy names), embedded — manifest and component — so
+/// the demo needs no files; `.ci/run` rebuilds the components from source before the tests run
+/// the demo.
+const TOOLS: [(&str, &str, &[u8]); 6] = [
+    (
+        "echo",
+        include_str!("../fixtures/tools/echo/tool.toml"),
+        include_bytes!("../fixtures/tools/echo/echo.wasm"),
+    ),
+    (
+        "github_issues",
+        include_str!("../fixtures/tools/github_issues/tool.toml"),
+        include_bytes!("../fixtures/tools/github_issues/github_issues.wasm"),
+    ),
+    (
+        "hostile",
+        include_str!("../fixtures/tools/hostile/tool.toml"),
+        include_bytes!("../fixtures/tools/hostile/hostile.wasm"),
+    ),
+    (
+        "notes",
+        include_str!("../fixtures/tools/notes/tool.toml"),
+        include_bytes!("../fixtures/tools/notes/notes.wasm"),
+    ),
+    (
+        "slack_post",
+        include_str!("../fixtures/tools/slack_post/tool.toml"),
+        include_bytes!("../fixtures/tools/slack_post/slack_post.wasm"),
+    ),
+    (
+        "weather",
+        include_str!("../fixtures/tools/weather/tool.toml"),
+        include_bytes!("../fixtures/tools/weather/weather.wasm"),
+    ),
+];
 /// The origins the mock API answers for, reached through `--connect-to`.
 const ORIGINS: [&str; 2] = ["https://api.github.com", "https://slack.com"];
 
@@ -67,7 +105,7 @@ pub async fn run() -> Result<bool, DemoError> {
     let tmp = tempfile::tempdir().map_err(fail)?;
     say(
         "setting up",
-        "a throw-away directory, mock APIs with their own CA, the sidecar",
+        "a throw-away directory, mock APIs with their own CA, the sidecar and its tools",
     );
     let mock = Mock::start().await?;
     let policies = write_policies(tmp.path(), &mock.ca_pem)?;
@@ -82,19 +120,44 @@ pub async fn run() -> Result<bool, DemoError> {
             .map(|o| Ok((Origin::parse(o).map_err(fail)?, mock.addr)))
             .collect::<Result<_, DemoError>>()?,
     };
-    let sidecar = Sidecar::open(&options).map_err(fail)?;
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(fail)?;
-    let proxy_addr = listener.local_addr().map_err(fail)?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(sidecar.proxy().serve(listener, 64, async {
-        let _ = stopped.await;
-    }));
-    let client = Client {
+    let sidecar = Sidecar::open_with_progress(&options, &mut |t| {
+        println!(
+            "    [{}/{}] {} {} ({} ms)",
+            t.index + 1,
+            t.count,
+            if t.cached { "loaded" } else { "compiled" },
+            t.name,
+            t.elapsed.as_millis()
+        );
+    })
+    .map_err(fail)?;
+    let proxy_listener = TcpListener::bind("127.0.0.1:0").await.map_err(fail)?;
+    let proxy_addr = proxy_listener.local_addr().map_err(fail)?;
+    let api_listener = TcpListener::bind("127.0.0.1:0").await.map_err(fail)?;
+    let api_addr = api_listener.local_addr().map_err(fail)?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let proxy_task = tokio::spawn(sidecar.proxy().serve(
+        proxy_listener,
+        64,
+        until_stopped(stopped.clone()),
+    ));
+    let api_task = tokio::spawn(
+        sidecar
+            .api()
+            .serve(api_listener, 64, until_stopped(stopped)),
+    );
+    let ca_pem = state_path.join("ca").join("ca.pem");
+    let proxy_client = Client {
         proxy: proxy_addr,
         ca: sidecar.ca.cert_der().clone(),
     };
+    let api = Api::new(api_addr);
     println!(
-        "    sidecar forward proxy on http://{proxy_addr}, mock APIs on {}, state in {}\n",
+        "    API on http://{api_addr}, forward proxy on http://{proxy_addr}, mock APIs on {}, \
+         state in {}\n",
         mock.addr,
         state_path.display()
     );
@@ -116,35 +179,151 @@ pub async fn run() -> Result<bool, DemoError> {
     let carol = token("globex", "carol", &[])?;
     let mut ok = true;
 
-    // 1 and 2: each user's request carries that user's credential.
+    say(
+        "tool calls",
+        "the agent invokes wasm tools through the API with each user's token",
+    );
+    // Each user's tool call carries that user's credential; an echoed one comes back scrubbed.
     for (name, tok, secret) in [("alice", &alice, SEEDS[0].1), ("bob", &bob, SEEDS[1].1)] {
-        let step = format!("{name} (acme) lists acme's issues through the proxy");
-        let seen_before = mock.seen().len();
-        let resp = client
-            .get(tok, "api.github.com", "/repos/acme/web/issues")
+        let before = mock.seen().len();
+        let (status, body) = api
+            .invoke(tok, "github_issues", r#"{"repo": "acme/web"}"#)
             .await;
-        let seen = mock.seen();
-        let got = seen.get(seen_before).cloned().unwrap_or_default();
+        let got = mock.seen().get(before).cloned().unwrap_or_default();
         ok &= check(
-            &step,
-            resp.as_ref().is_ok_and(|r| r.0 == 200) && got == format!("Bearer {secret}"),
+            &format!("{name} (acme) asks the github_issues tool for acme/web's issues"),
+            status == 200 && got == format!("Bearer {secret}"),
             &format!(
-                "the API received `Authorization: Bearer {}…` — {name}'s own token, injected at the \
-                 boundary; the caller never had it",
+                "the API received `Authorization: Bearer {}…`: {name}'s own token, added at the \
+                 boundary; the tool never had it",
                 &secret[..12]
             ),
         );
-        let body = resp.map(|r| r.1).unwrap_or_default();
-        ok &= check(
-            &format!("the API echoed {name}'s token back; behalf scrubbed it"),
-            body.contains(MARKER) && !body.contains(secret),
-            &format!("the response reached the caller with `{MARKER}` in place of the token"),
-        );
+        if name == "alice" {
+            let text = body.to_string();
+            ok &= check(
+                "the API echoed alice's token back; behalf scrubbed it before the tool saw it",
+                text.contains(MARKER) && !text.contains(secret),
+                &format!("the tool's output shows `{MARKER}` where the token was"),
+            );
+        }
     }
 
-    // 3: a user of another tenant is denied, with the reason, before any TLS.
-    let seen_before = mock.seen().len();
-    let resp = client
+    // A user of another tenant is denied, with the reason, and nothing is sent.
+    let before = mock.seen().len();
+    let (status, body) = api
+        .invoke(&carol, "github_issues", r#"{"repo": "acme/web"}"#)
+        .await;
+    let reason = body["denials"][0]["message"]
+        .as_str()
+        .unwrap_or("no denial");
+    ok &= check(
+        "carol (globex) asks the same tool for acme's issues",
+        status == 403 && body["error"]["code"] == "egress_denied" && mock.seen().len() == before,
+        &format!("denied ({reason}); the API saw nothing"),
+    );
+
+    // The tenant-scoped bot token, per tenant.
+    let before = mock.seen().len();
+    let (status, _) = api
+        .invoke(
+            &carol,
+            "slack_post",
+            r#"{"channel": "general", "text": "hi"}"#,
+        )
+        .await;
+    let got = mock.seen().get(before).cloned().unwrap_or_default();
+    ok &= check(
+        "carol posts to globex's Slack with the slack_post tool",
+        status == 200 && got == format!("Bearer {}", SEEDS[4].1),
+        "the API received globex's bot token (scope tenant), never acme's",
+    );
+
+    say(
+        "a malicious tool",
+        "the hostile fixture tries every escape, as alice",
+    );
+    let before = mock.seen().len();
+    let (status, body) = api.invoke(&alice, "hostile", r#"{"mode": "probe"}"#).await;
+    let attempts = body["output"]["attempts"].as_array().map_or(0, Vec::len);
+    let escaped: Vec<String> = body["output"]["attempts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["succeeded"] == true && !harmless(a))
+        .map(|a| format!("{} {}", a["id"], a["target"]))
+        .collect();
+    let text = body.to_string();
+    ok &= check(
+        "hostile reads env and files, opens sockets, calls other hosts, forges credentials",
+        status == 200
+            && attempts > 20
+            && escaped.is_empty()
+            && mock.seen().len() == before
+            && SEEDS.iter().all(|(_, s)| !text.contains(s)),
+        &format!(
+            "{attempts} attempts, {} escaped{}; {} requests denied by policy; it saw only its \
+             own name, invocation id and empty /state, and no secret",
+            escaped.len(),
+            if escaped.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", escaped.join(", "))
+            },
+            body["denials"].as_array().map_or(0, Vec::len)
+        ),
+    );
+    let started = std::time::Instant::now();
+    let (status, body) = api.invoke(&alice, "hostile", r#"{"mode": "loop"}"#).await;
+    ok &= check(
+        "hostile spins forever",
+        status == 504 && body["error"]["code"] == "tool_timeout",
+        &format!(
+            "stopped at its 1 s deadline after {} ms (504 tool_timeout)",
+            started.elapsed().as_millis()
+        ),
+    );
+    let (status, body) = api.invoke(&alice, "hostile", r#"{"mode": "alloc"}"#).await;
+    ok &= check(
+        "hostile allocates without bound",
+        status == 500 && body["error"]["code"] == "tool_failed",
+        &error_text(&body),
+    );
+    let (status, _) = api
+        .invoke(&bob, "github_issues", r#"{"repo": "acme/web"}"#)
+        .await;
+    ok &= check(
+        "the sidecar is unharmed",
+        status == 200,
+        "the next tool call works as before: each call is a fresh instance",
+    );
+
+    say(
+        "the forward proxy",
+        "a process that is not wasm gets the same treatment",
+    );
+    let before = mock.seen().len();
+    let (how, resp) = match curl(&alice, proxy_addr, &ca_pem) {
+        Some(r) => ("curl with HTTPS_PROXY", r),
+        None => (
+            "an HTTPS client (curl is not installed)",
+            proxy_client
+                .get(&alice, "api.github.com", "/repos/acme/web/issues")
+                .await,
+        ),
+    };
+    let got = mock.seen().get(before).cloned().unwrap_or_default();
+    let body = resp.as_ref().map(|r| r.1.clone()).unwrap_or_default();
+    ok &= check(
+        &format!("{how} lists acme/web's issues as alice"),
+        resp.as_ref().is_ok_and(|r| r.0 == 200)
+            && got == format!("Bearer {}", SEEDS[0].1)
+            && body.contains(MARKER)
+            && !body.contains(SEEDS[0].1),
+        "through CONNECT and behalf's CA: alice's token injected, its echo scrubbed",
+    );
+    let before = mock.seen().len();
+    let resp = proxy_client
         .get(&carol, "api.github.com", "/repos/acme/web/issues")
         .await;
     let denied = match &resp {
@@ -154,37 +333,25 @@ pub async fn run() -> Result<bool, DemoError> {
         _ => None,
     };
     ok &= check(
-        "carol (globex) tries to read acme's issues through the proxy",
-        denied.is_some() && mock.seen().len() == seen_before,
+        "carol tries acme's issues through the proxy",
+        denied.is_some() && mock.seen().len() == before,
         &format!(
             "refused at CONNECT with 403 ({}); the API saw nothing",
             denied.as_deref().unwrap_or("no refusal")
         ),
     );
-
-    // 4: the tenant-scoped Slack bot token, per tenant.
-    let seen_before = mock.seen().len();
-    let resp = client
-        .post(&carol, "slack.com", "/api/chat.postMessage")
+    let resp = proxy_client
+        .get("not-a-token", "api.github.com", "/user")
         .await;
-    let got = mock.seen().get(seen_before).cloned().unwrap_or_default();
-    ok &= check(
-        "carol posts to globex's Slack",
-        resp.is_ok_and(|r| r.0 == 200) && got == format!("Bearer {}", SEEDS[4].1),
-        "the API received globex's bot token (scope tenant), never acme's",
-    );
-
-    // 5: no identity, no request.
-    let resp = client.get("not-a-token", "api.github.com", "/user").await;
     ok &= check(
         "a process without a valid identity token",
         matches!(resp, Err(ref e) if e.contains("407")),
         "refused at CONNECT with 407: nothing is sent on behalf of nobody",
     );
 
-    // 6: the audit log.
-    let _ = stop.send(());
-    let _ = serving.await;
+    // The audit log.
+    let _ = stop.send(true);
+    let _ = tokio::join!(proxy_task, api_task);
     sidecar.egress.audit().sync().map_err(fail)?;
     let key = crate::audit::read_key(&state).map_err(fail)?;
     let verified = crate::audit::verify(&state_path.join(crate::audit::DIR), &key);
@@ -194,15 +361,15 @@ pub async fn run() -> Result<bool, DemoError> {
         verified.is_ok() && SEEDS.iter().all(|(_, s)| !text.contains(s)),
         &match &verified {
             Ok(r) => format!(
-                "{} HMAC-chained records, one per decision, naming credentials but never their values",
+                "{} HMAC-chained records, one per decision (tool invocations and each request \
+                 they made), naming credentials but never their values",
                 r.records
             ),
             Err(e) => e.to_string(),
         },
     );
-    println!("\n    not shown yet: wasm tool calls (the sandbox is being built); see README.\n");
     println!(
-        "{}",
+        "\n{}",
         if ok {
             "demo: every expectation held"
         } else {
@@ -210,6 +377,55 @@ pub async fn run() -> Result<bool, DemoError> {
         }
     );
     Ok(ok)
+}
+
+/// Probe attempts that are allowed to succeed: reading its own env (name and invocation id),
+/// args and cwd, and its own empty state directory.
+fn harmless(attempt: &serde_json::Value) -> bool {
+    let id = attempt["id"].as_str().unwrap_or("");
+    let target = attempt["target"].as_str().unwrap_or("");
+    id.starts_with("env.")
+        || id == "fs.preopens"
+        || (id == "fs.read_dir" && (target == "/state" || target == "/state/"))
+}
+
+fn error_text(body: &serde_json::Value) -> String {
+    format!(
+        "{} ({})",
+        body["error"]["message"].as_str().unwrap_or("no error"),
+        body["error"]["code"].as_str().unwrap_or("-")
+    )
+}
+
+/// Runs `curl` through the proxy as a separate process, as an agent's subprocess would; `None`
+/// when curl is not installed.
+fn curl(token: &str, proxy: SocketAddr, ca: &Path) -> Option<Result<(u16, String), String>> {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(ca)
+        .arg("https://api.github.com/repos/acme/web/issues")
+        .env("HTTPS_PROXY", format!("http://u:{token}@{proxy}"))
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let Some((body, code)) = text.rsplit_once('\n') else {
+        return Some(Err(String::from_utf8_lossy(&out.stderr).into_owned()));
+    };
+    Some(
+        code.trim()
+            .parse()
+            .map(|c| (c, body.to_owned()))
+            .map_err(|_| String::from_utf8_lossy(&out.stderr).into_owned()),
+    )
 }
 
 fn say(what: &str, detail: &str) {
@@ -245,14 +461,28 @@ fn write_policies(dir: &Path, mock_ca: &str) -> Result<std::path::PathBuf, DemoE
         std::fs::create_dir_all(policies.join(sub)).map_err(fail)?;
     }
     std::fs::write(dir.join("mock-ca.pem"), mock_ca).map_err(fail)?;
-    let settings =
-        "dev = true\nstate_dir = \"state\"\n\n[tls]\nupstream_roots = [\"mock-ca.pem\"]\n";
+    let settings = "dev = true\nstate_dir = \"state\"\ntools_dir = \"tools\"\n\n[tls]\n\
+                    upstream_roots = [\"mock-ca.pem\"]\n";
     std::fs::write(policies.join("behalf.toml"), settings).map_err(fail)?;
+    for (name, manifest, component) in TOOLS {
+        let tool = dir.join("tools").join(name);
+        std::fs::create_dir_all(&tool).map_err(fail)?;
+        // The demo stops hostile's loop after 1 s rather than the shipped 10 s.
+        let manifest = manifest.replace("timeout = \"10s\"", "timeout = \"1s\"");
+        std::fs::write(tool.join("tool.toml"), manifest).map_err(fail)?;
+        std::fs::write(tool.join(format!("{name}.wasm")), component).map_err(fail)?;
+    }
     for (name, text) in SERVICES {
         std::fs::write(policies.join("services").join(format!("{name}.toml")), text)
             .map_err(fail)?;
     }
     for (name, text) in TENANTS {
+        // The hostile fixture is for the demo and tests only: the shipped policy never grants it.
+        let text = if name == "acme" {
+            format!("{text}\n[[tool_access]]\nwho = [\"*\"]\ntools = [\"hostile\"]\n")
+        } else {
+            text.to_owned()
+        };
         std::fs::write(policies.join("tenants").join(format!("{name}.toml")), text)
             .map_err(fail)?;
     }
@@ -372,10 +602,6 @@ impl Client {
         self.send(token, host, http::Method::GET, path).await
     }
 
-    async fn post(&self, token: &str, host: &str, path: &str) -> Result<(u16, String), String> {
-        self.send(token, host, http::Method::POST, path).await
-    }
-
     async fn send(
         &self,
         token: &str,
@@ -452,5 +678,60 @@ impl Client {
             .map_err(|e| e.to_string())?
             .to_bytes();
         Ok((status.as_u16(), String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// The agent's side of the sidecar API: one POST per tool call, with the user's token.
+struct Api {
+    addr: SocketAddr,
+}
+
+impl Api {
+    fn new(addr: SocketAddr) -> Self {
+        Self { addr }
+    }
+
+    /// Invokes `tool`; the status and the JSON body (`null` if the call failed outright).
+    async fn invoke(&self, token: &str, tool: &str, input: &str) -> (u16, serde_json::Value) {
+        match self.send(token, tool, input).await {
+            Ok(r) => r,
+            Err(e) => {
+                println!("    (the API call failed: {e})");
+                (0, serde_json::Value::Null)
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        token: &str,
+        tool: &str,
+        input: &str,
+    ) -> Result<(u16, serde_json::Value), String> {
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(http::Method::POST)
+            .uri(format!("/v1/tools/{tool}/invoke"))
+            .header(http::header::HOST, self.addr.to_string())
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(input.to_owned())))
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let body = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        Ok((status, body))
     }
 }

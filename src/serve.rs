@@ -13,7 +13,7 @@ use crate::identity::{IdentityError, Verifier};
 use crate::policy::{LoadError, Origin, PolicySet};
 use crate::proxy::Proxy;
 use crate::proxy::ca::{Ca, CaError};
-use crate::sandbox::{Sandbox, SandboxError};
+use crate::sandbox::{Sandbox, SandboxError, ToolReady};
 use crate::secrets::{self, SecretError};
 use crate::state::{StateDir, StateError};
 
@@ -104,6 +104,22 @@ impl Sidecar {
         options: &Options,
         resolver: Arc<dyn Resolver>,
     ) -> Result<Self, StartError> {
+        Self::open_with(options, resolver, &mut |_| {})
+    }
+
+    /// As [`Sidecar::open`], calling `progress` as each tool becomes ready.
+    pub fn open_with_progress(
+        options: &Options,
+        progress: &mut dyn FnMut(ToolReady<'_>),
+    ) -> Result<Self, StartError> {
+        Self::open_with(options, Arc::new(SystemResolver), progress)
+    }
+
+    fn open_with(
+        options: &Options,
+        resolver: Arc<dyn Resolver>,
+        progress: &mut dyn FnMut(ToolReady<'_>),
+    ) -> Result<Self, StartError> {
         let policy = Arc::new(PolicySet::load(&options.policies)?);
         for w in policy.warnings() {
             tracing::warn!("{w}");
@@ -127,7 +143,12 @@ impl Sidecar {
             resolver,
             overrides,
         )?);
-        let sandbox = Arc::new(Sandbox::open(&policy, egress.clone(), &state)?);
+        let sandbox = Arc::new(Sandbox::open_with_progress(
+            &policy,
+            egress.clone(),
+            &state,
+            progress,
+        )?);
         Ok(Self {
             policy,
             state,

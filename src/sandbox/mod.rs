@@ -185,6 +185,21 @@ pub struct Invocation {
     pub log: Bytes,
 }
 
+/// A tool became ready while the sandbox opened.
+#[derive(Debug, Clone, Copy)]
+pub struct ToolReady<'a> {
+    /// The tool.
+    pub name: &'a ToolName,
+    /// Its position (0-based) among `count` tools.
+    pub index: usize,
+    /// How many tools there are.
+    pub count: usize,
+    /// Whether its compiled component came from the cache.
+    pub cached: bool,
+    /// How long compiling (or loading) it took.
+    pub elapsed: Duration,
+}
+
 /// One installed tool.
 struct Tool {
     manifest: Manifest,
@@ -245,6 +260,17 @@ impl Sandbox {
         egress: Arc<Egress>,
         state: &StateDir,
     ) -> Result<Self, SandboxError> {
+        Self::open_with_progress(policy, egress, state, &mut |_| {})
+    }
+
+    /// As [`Sandbox::open`], calling `progress` as each tool becomes ready (compiling a
+    /// component takes a few hundred milliseconds the first time; `behalf demo` shows it).
+    pub fn open_with_progress(
+        policy: &PolicySet,
+        egress: Arc<Egress>,
+        state: &StateDir,
+        progress: &mut dyn FnMut(ToolReady<'_>),
+    ) -> Result<Self, SandboxError> {
         let settings = policy.settings();
         let mut diags = Diagnostics::default();
         let manifests = if settings.tools_dir.is_dir() {
@@ -279,7 +305,8 @@ impl Sandbox {
 
         let cache = state.join("cache");
         let mut tools = BTreeMap::new();
-        for manifest in manifests {
+        let count = manifests.len();
+        for (index, manifest) in manifests.into_iter().enumerate() {
             let started = Instant::now();
             let (component, cached) = load_component(&engine, &manifest.component, &cache)
                 .map_err(|e| component_err(&manifest, e))?;
@@ -296,12 +323,20 @@ impl Sandbox {
             })?;
             let schema = jsonschema::validator_for(&manifest.input_schema)
                 .map_err(|e| component_err(&manifest, format!("input_schema: {e}")))?;
+            let elapsed = started.elapsed();
             tracing::info!(
                 tool = %manifest.name,
                 cached,
-                ms = started.elapsed().as_millis() as u64,
+                ms = elapsed.as_millis() as u64,
                 "tool ready"
             );
+            progress(ToolReady {
+                name: &manifest.name,
+                index,
+                count,
+                cached,
+                elapsed,
+            });
             tools.insert(
                 manifest.name.clone(),
                 Tool {
