@@ -106,6 +106,8 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener, S
 
 fn banner(sidecar: &Sidecar, api: SocketAddr, proxy: SocketAddr, options: &Options) {
     let settings = sidecar.policy.settings();
+    let ca = sidecar.state.path().join("ca").join("ca.pem");
+    let ca = ca.display();
     let policies = options.policies.display();
     let state = sidecar.state.path().display();
     eprintln!("behalf is running");
@@ -153,9 +155,15 @@ fn banner(sidecar: &Sidecar, api: SocketAddr, proxy: SocketAddr, options: &Optio
             "  use the proxy:  curl -x http://{proxy} --proxy-header \"Proxy-Authorization: Bearer $TOKEN\" http://..."
         );
         eprintln!("                  or HTTP_PROXY=http://u:$TOKEN@{proxy}");
+        eprintln!("  HTTPS, trusting behalf's CA in that one process only:");
         eprintln!(
-            "  HTTPS:          HTTPS_PROXY=http://u:$TOKEN@{proxy} curl --cacert {}/ca/ca.pem https://...",
-            sidecar.state.path().display()
+            "    curl          HTTPS_PROXY=http://u:$TOKEN@{proxy} curl --cacert {ca} https://..."
+        );
+        eprintln!(
+            "    Python        HTTPS_PROXY=http://u:$TOKEN@{proxy} REQUESTS_CA_BUNDLE={ca} python3 app.py   (requests)"
+        );
+        eprintln!(
+            "    Node          NODE_EXTRA_CA_CERTS={ca} node app.js   (with a proxy agent for HTTPS_PROXY, or NODE_USE_ENV_PROXY=1 on Node 24+)"
         );
     }
 }
