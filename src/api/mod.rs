@@ -182,10 +182,26 @@ impl Api {
             Ok(p) => p,
             Err(reason) => return unauthenticated(&reason),
         };
-        let anthropic = req
+        let format = req
             .uri()
             .query()
-            .is_some_and(|q| q.split('&').any(|p| p == "format=anthropic"));
+            .into_iter()
+            .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
+            .find(|(k, _)| k == "format")
+            .map(|(_, v)| v.into_owned());
+        let anthropic = match format.as_deref() {
+            None | Some("openai") => false,
+            Some("anthropic") => true,
+            Some(other) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("unknown format `{other}`"),
+                    "use ?format=openai (the default) or ?format=anthropic",
+                    false,
+                );
+            }
+        };
         let tools: Vec<Value> = self
             .sandbox
             .allowed(&principal)

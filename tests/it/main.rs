@@ -16,3 +16,4 @@ mod scrub;
 mod secrets;
 mod support;
 mod tools;
+mod integrating;

@@ -740,3 +740,31 @@ async fn health_and_metrics() {
     );
     assert_audit_clean(&h);
 }
+
+/// An unknown `?format=` is refused, not silently answered in another shape that the model
+/// provider would then reject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_tool_list_format_is_refused() {
+    let h = ToolHarness::start().await;
+    for (query, expected) in [
+        ("?format=openai", 200),
+        ("?format=anthropic", 200),
+        ("?format=Anthropic", 400),
+        ("?format=claude", 400),
+    ] {
+        let (status, _, body) = h
+            .request("GET", &format!("/v1/tools{query}"), Some(&h.alice), None)
+            .await;
+        assert_eq!(status.as_u16(), expected, "{query}: {body}");
+        if expected == 400 {
+            assert_eq!(body["error"]["code"], "bad_request", "{body}");
+            assert!(
+                body["error"]["hint"]
+                    .as_str()
+                    .unwrap()
+                    .contains("anthropic"),
+                "{body}"
+            );
+        }
+    }
+}
