@@ -69,7 +69,7 @@ pub enum Command {
     /// The interception CA.
     #[command(subcommand)]
     Ca(ca::CaCommand),
-    /// Run the sidecar (the forward proxy; the tool API comes with the sandbox).
+    /// Run the sidecar: the tool API and the forward proxy, until SIGINT or SIGTERM.
     Serve(serve::ServeArgs),
 }
 

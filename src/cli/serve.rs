@@ -86,7 +86,7 @@ async fn serve(args: ServeArgs, policies: &Path, state: Option<&Path>) -> u8 {
         .proxy()
         .serve(proxy_listener, max_connections, until_stopped(stopped));
     let signal = async move {
-        let _ = tokio::signal::ctrl_c().await;
+        shutdown_signal().await;
         let _ = stop.send(true);
     };
     tokio::join!(api, proxy, signal);
@@ -96,6 +96,23 @@ async fn serve(args: ServeArgs, policies: &Path, state: Option<&Path>) -> u8 {
     }
     eprintln!("behalf: stopped");
     exit::OK
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (what container runtimes send; as PID 1 it would otherwise be
+/// ignored).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener, String> {
