@@ -143,6 +143,7 @@ fn describe_inject(i: &Inject) -> String {
         Inject::Query { param } => format!("query parameter {param}"),
         Inject::Placeholder { name, .. } => format!("placeholder in header {name}"),
         Inject::AwsSigv4 { region, service } => format!("AWS SigV4 ({service}, {region})"),
+        Inject::Hmac(h) => format!("HMAC signature in header {}", h.header),
     }
 }
 

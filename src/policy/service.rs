@@ -194,6 +194,132 @@ impl Template {
     }
 }
 
+/// The hash an HMAC signature uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HmacAlgorithm {
+    /// HMAC-SHA256.
+    Sha256,
+    /// HMAC-SHA512.
+    Sha512,
+}
+
+/// How an HMAC signature is written into its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SignatureEncoding {
+    /// Lower-case hex.
+    Hex,
+    /// Standard base64 with padding.
+    Base64,
+}
+
+/// How the signing time is written (in the message and the timestamp header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimestampFormat {
+    /// Seconds since the Unix epoch, e.g. `1531420618`.
+    Unix,
+    /// Milliseconds since the Unix epoch, e.g. `1531420618000`.
+    UnixMs,
+    /// RFC 3339 in UTC to the second, e.g. `2018-07-12T18:36:58Z`.
+    Rfc3339,
+}
+
+/// One piece of an HMAC message template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessagePart {
+    /// Text taken as written.
+    Literal(String),
+    /// `{method}`: the request method, e.g. `POST`.
+    Method,
+    /// `{path}`: the path and query as sent, e.g. `/v1/items?limit=2`.
+    Path,
+    /// `{timestamp}`: the signing time in the form's [`TimestampFormat`].
+    Timestamp,
+    /// `{body}`: the request body's bytes.
+    Body,
+}
+
+/// A configurable HMAC signature over parts of the request, keyed by the credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HmacForm {
+    /// The header the signature goes in.
+    pub header: HeaderName,
+    /// The hash.
+    pub algorithm: HmacAlgorithm,
+    /// How the signature bytes are written.
+    pub encoding: SignatureEncoding,
+    /// What is signed.
+    pub message: Vec<MessagePart>,
+    /// Text put before the encoded signature in the header (e.g. `v0=`); printable ASCII.
+    pub prefix: String,
+    /// The header that carries the signing time, if any.
+    pub timestamp_header: Option<HeaderName>,
+    /// How the signing time is written.
+    pub timestamp: TimestampFormat,
+}
+
+impl HmacForm {
+    /// Whether the message signs the request body.
+    pub fn signs_body(&self) -> bool {
+        self.message.contains(&MessagePart::Body)
+    }
+
+    /// Parses a message template: text with `{method}`, `{path}`, `{timestamp}` and `{body}`
+    /// placeholders; `{{` and `}}` stand for literal braces.
+    pub fn parse_message(s: &str) -> Result<Vec<MessagePart>, String> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut rest = s;
+        while let Some(c) = rest.chars().next() {
+            if rest.starts_with("{{") || rest.starts_with("}}") {
+                literal.push(c);
+                rest = &rest[2..];
+            } else if c == '{' {
+                let Some(end) = rest.find('}') else {
+                    return Err(format!(
+                        "message `{s}` has a `{{` without a closing `}}` (write `{{{{` for a \
+                         literal brace)"
+                    ));
+                };
+                let part = match &rest[1..end] {
+                    "method" => MessagePart::Method,
+                    "path" => MessagePart::Path,
+                    "timestamp" => MessagePart::Timestamp,
+                    "body" => MessagePart::Body,
+                    other => {
+                        return Err(format!(
+                            "message `{s}` has an unknown placeholder `{{{other}}}`; expected \
+                             `{{method}}`, `{{path}}`, `{{timestamp}}` or `{{body}}`"
+                        ));
+                    }
+                };
+                if !literal.is_empty() {
+                    parts.push(MessagePart::Literal(std::mem::take(&mut literal)));
+                }
+                parts.push(part);
+                rest = &rest[end + 1..];
+            } else if c == '}' {
+                return Err(format!(
+                    "message `{s}` has a `}}` without an opening `{{` (write `}}}}` for a \
+                     literal brace)"
+                ));
+            } else {
+                literal.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+        if !literal.is_empty() {
+            parts.push(MessagePart::Literal(literal));
+        }
+        if parts.iter().all(|p| matches!(p, MessagePart::Literal(_))) {
+            return Err(format!(
+                "message `{s}` signs nothing of the request; use at least one of `{{method}}`, \
+                 `{{path}}`, `{{timestamp}}` or `{{body}}`"
+            ));
+        }
+        Ok(parts)
+    }
+}
+
 /// How a service's credential is placed on the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -230,6 +356,8 @@ pub enum Inject {
         /// AWS service, e.g. `s3`.
         service: String,
     },
+    /// An HMAC signature over parts of the request, keyed by the credential.
+    Hmac(HmacForm),
 }
 
 impl Inject {
@@ -241,6 +369,7 @@ impl Inject {
             Self::Query { .. } => "query",
             Self::Placeholder { .. } => "placeholder",
             Self::AwsSigv4 { .. } => "aws_sigv4",
+            Self::Hmac(_) => "hmac",
         }
     }
 }
@@ -319,6 +448,7 @@ struct RawInject {
     query: Option<Spanned<String>>,
     placeholder: Option<RawPlaceholder>,
     aws_sigv4: Option<RawSigv4>,
+    hmac: Option<Spanned<RawHmac>>,
 }
 
 #[derive(Deserialize)]
@@ -339,6 +469,18 @@ struct RawPlaceholder {
 struct RawSigv4 {
     region: String,
     service: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHmac {
+    header: Option<Spanned<String>>,
+    algorithm: Option<Spanned<String>>,
+    encoding: Option<Spanned<String>>,
+    message: Option<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
+    timestamp_header: Option<Spanned<String>>,
+    timestamp: Option<Spanned<String>>,
 }
 
 impl Service {
@@ -498,12 +640,13 @@ fn parse_inject(raw: &RawInject) -> Result<Inject, InjectError> {
         raw.query.is_some(),
         raw.placeholder.is_some(),
         raw.aws_sigv4.is_some(),
+        raw.hmac.is_some(),
     ];
     if forms.iter().filter(|f| **f).count() != 1 {
         return Err((
             None,
             "`inject` must use exactly one form: { header, template }, { basic }, { query }, \
-             { placeholder } or { aws_sigv4 }"
+             { placeholder }, { aws_sigv4 } or { hmac }"
                 .into(),
         ));
     }
@@ -560,6 +703,9 @@ fn parse_inject(raw: &RawInject) -> Result<Inject, InjectError> {
             template: template(&p.template, "placeholder")?,
         });
     }
+    if let Some(h) = &raw.hmac {
+        return parse_hmac(h).map(Inject::Hmac);
+    }
     let s = raw
         .aws_sigv4
         .as_ref()
@@ -568,4 +714,300 @@ fn parse_inject(raw: &RawInject) -> Result<Inject, InjectError> {
         region: s.region.clone(),
         service: s.service.clone(),
     })
+}
+
+fn parse_hmac(raw: &Spanned<RawHmac>) -> Result<HmacForm, InjectError> {
+    let table = raw.span();
+    let raw = raw.get_ref();
+    let required =
+        |v: &Option<Spanned<String>>, msg: &str| -> Result<Spanned<String>, InjectError> {
+            v.clone()
+                .ok_or_else(|| (Some(table.clone()), msg.to_owned()))
+        };
+    let header = required(
+        &raw.header,
+        "hmac injection needs `header` naming where the signature goes, e.g. \
+         header = \"X-Signature\"",
+    )?;
+    let header = header_name(&header)?;
+    let algorithm = required(
+        &raw.algorithm,
+        "hmac injection needs `algorithm`: \"sha256\" or \"sha512\"",
+    )?;
+    let algorithm = match algorithm.get_ref().as_str() {
+        "sha256" => HmacAlgorithm::Sha256,
+        "sha512" => HmacAlgorithm::Sha512,
+        other => {
+            return Err((
+                Some(algorithm.span()),
+                format!("hmac `algorithm` `{other}` must be \"sha256\" or \"sha512\""),
+            ));
+        }
+    };
+    let encoding = required(
+        &raw.encoding,
+        "hmac injection needs `encoding`: \"hex\" or \"base64\"",
+    )?;
+    let encoding = match encoding.get_ref().as_str() {
+        "hex" => SignatureEncoding::Hex,
+        "base64" => SignatureEncoding::Base64,
+        other => {
+            return Err((
+                Some(encoding.span()),
+                format!("hmac `encoding` `{other}` must be \"hex\" or \"base64\""),
+            ));
+        }
+    };
+    let message = required(
+        &raw.message,
+        "hmac injection needs `message`, the signed text, e.g. \
+         message = \"v0:{timestamp}:{body}\"",
+    )?;
+    let parts =
+        HmacForm::parse_message(message.get_ref()).map_err(|e| (Some(message.span()), e))?;
+    let prefix = match &raw.prefix {
+        Some(p) if p.get_ref().chars().any(|c| c.is_control() || !c.is_ascii()) => {
+            return Err((
+                Some(p.span()),
+                format!(
+                    "hmac `prefix` `{}` must be printable ASCII (it becomes a header value)",
+                    p.get_ref().escape_default()
+                ),
+            ));
+        }
+        Some(p) => p.get_ref().clone(),
+        None => String::new(),
+    };
+    let timestamp_header = raw.timestamp_header.as_ref().map(header_name).transpose()?;
+    if timestamp_header.as_ref() == Some(&header) {
+        let at = raw.timestamp_header.as_ref().map(Spanned::span);
+        return Err((
+            at,
+            "hmac `timestamp_header` must differ from `header`".into(),
+        ));
+    }
+    let timestamp = match &raw.timestamp {
+        None => TimestampFormat::Unix,
+        Some(t) => match t.get_ref().as_str() {
+            "unix" => TimestampFormat::Unix,
+            "unix_ms" => TimestampFormat::UnixMs,
+            "rfc3339" => TimestampFormat::Rfc3339,
+            other => {
+                return Err((
+                    Some(t.span()),
+                    format!(
+                        "hmac `timestamp` `{other}` must be \"unix\", \"unix_ms\" or \"rfc3339\""
+                    ),
+                ));
+            }
+        },
+    };
+    if parts.contains(&MessagePart::Timestamp) && timestamp_header.is_none() {
+        return Err((
+            Some(message.span()),
+            "hmac `message` uses `{timestamp}`, so the upstream needs it too: add \
+             `timestamp_header`, e.g. timestamp_header = \"X-Timestamp\""
+                .into(),
+        ));
+    }
+    Ok(HmacForm {
+        header,
+        algorithm,
+        encoding,
+        message: parts,
+        prefix,
+        timestamp_header,
+        timestamp,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Diagnostic;
+
+    const FILE: &str = "policies/services/slack.toml";
+
+    /// A service whose line 5 is `inject = { hmac = { <hmac> } }`.
+    fn text(hmac: &str) -> String {
+        format!(
+            "[service]\nname = \"slack\"\norigins = [\"https://hooks.example.com\"]\n\
+             credential = {{ name = \"signing_secret\", scope = \"tenant\" }}\n\
+             inject = {{ hmac = {{ {hmac} }} }}\n"
+        )
+    }
+
+    fn parse(hmac: &str) -> Result<Service, Vec<Diagnostic>> {
+        let file = SourceFile::new(FILE, text(hmac));
+        let mut diags = Diagnostics::default();
+        let got = Service::parse(&file, std::path::Path::new("."), &mut diags);
+        match got {
+            Ok(s) if !diags.has_errors() => Ok(s),
+            _ => Err(diags.into_sorted()),
+        }
+    }
+
+    /// Asserts one error on line 5, at the first character of `at` in that line.
+    fn assert_error(hmac: &str, at: &str, phrase: &str) {
+        let line = format!("inject = {{ hmac = {{ {hmac} }} }}");
+        let column = line.find(at).expect("`at` is on the inject line") + 1;
+        let diags = parse(hmac).expect_err("should be rejected");
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        let d = &diags[0];
+        assert_eq!(
+            (d.at.file.as_path(), d.at.line, d.at.column),
+            (std::path::Path::new(FILE), 5, column),
+            "{d}"
+        );
+        assert!(
+            d.message.contains(phrase),
+            "`{}` should contain {phrase:?}",
+            d.message
+        );
+    }
+
+    const SLACK: &str = r#"header = "X-Slack-Signature", algorithm = "sha256", encoding = "hex", message = "v0:{timestamp}:{body}", prefix = "v0=", timestamp_header = "X-Slack-Request-Timestamp", timestamp = "unix""#;
+
+    #[test]
+    fn slack_style_form_parses() {
+        let s = parse(SLACK).unwrap();
+        let Some(Inject::Hmac(h)) = &s.inject else {
+            panic!("expected hmac, got {:?}", s.inject)
+        };
+        assert_eq!(s.inject.as_ref().unwrap().kind(), "hmac");
+        assert_eq!(h.header, "x-slack-signature");
+        assert_eq!(h.algorithm, HmacAlgorithm::Sha256);
+        assert_eq!(h.encoding, SignatureEncoding::Hex);
+        assert_eq!(
+            h.message,
+            vec![
+                MessagePart::Literal("v0:".into()),
+                MessagePart::Timestamp,
+                MessagePart::Literal(":".into()),
+                MessagePart::Body,
+            ]
+        );
+        assert_eq!(h.prefix, "v0=");
+        assert_eq!(
+            h.timestamp_header.as_ref().map(HeaderName::as_str),
+            Some("x-slack-request-timestamp")
+        );
+        assert_eq!(h.timestamp, TimestampFormat::Unix);
+        assert!(h.signs_body());
+    }
+
+    #[test]
+    fn generic_form_with_defaults_parses() {
+        let s = parse(
+            r#"header = "X-Signature", algorithm = "sha512", encoding = "base64", message = "{method}\n{path}\n{timestamp}\n{body}", timestamp_header = "X-Timestamp""#,
+        )
+        .unwrap();
+        let Some(Inject::Hmac(h)) = &s.inject else {
+            panic!("expected hmac")
+        };
+        assert_eq!(h.algorithm, HmacAlgorithm::Sha512);
+        assert_eq!(h.encoding, SignatureEncoding::Base64);
+        assert_eq!(h.prefix, "");
+        assert_eq!(h.timestamp, TimestampFormat::Unix);
+        assert_eq!(h.message[1], MessagePart::Literal("\n".into()));
+    }
+
+    #[test]
+    fn bad_algorithm_encoding_and_timestamp() {
+        assert_error(
+            &SLACK.replace("\"sha256\"", "\"sha1\""),
+            "\"sha1\"",
+            "`algorithm` `sha1` must be \"sha256\" or \"sha512\"",
+        );
+        assert_error(
+            &SLACK.replace("\"hex\"", "\"base32\""),
+            "\"base32\"",
+            "`encoding` `base32` must be \"hex\" or \"base64\"",
+        );
+        assert_error(
+            &SLACK.replace("\"unix\"", "\"iso\""),
+            "\"iso\"",
+            "`timestamp` `iso` must be \"unix\", \"unix_ms\" or \"rfc3339\"",
+        );
+    }
+
+    #[test]
+    fn unknown_or_unbalanced_placeholders_in_message() {
+        for (message, phrase) in [
+            ("v0:{timestamp}:{nonce}", "unknown placeholder `{nonce}`"),
+            ("v0:{timestamp}:{Body}", "unknown placeholder `{Body}`"),
+            (
+                "v0:{timestamp:{body}",
+                "unknown placeholder `{timestamp:{body}`",
+            ),
+            ("v0:{timestamp}:{body", "without a closing `}`"),
+            ("v0:{timestamp}}:{body}", "`}` without an opening `{`"),
+            ("v0:", "signs nothing of the request"),
+        ] {
+            let hmac = SLACK.replace("v0:{timestamp}:{body}", message);
+            assert_error(&hmac, &format!("\"{message}\""), phrase);
+        }
+    }
+
+    #[test]
+    fn missing_keys_point_at_the_hmac_table() {
+        for (key, phrase) in [
+            (
+                r#"header = "X-Slack-Signature", "#,
+                "needs `header` naming where the signature goes",
+            ),
+            (r#"algorithm = "sha256", "#, "needs `algorithm`"),
+            (r#"encoding = "hex", "#, "needs `encoding`"),
+            (r#"message = "v0:{timestamp}:{body}", "#, "needs `message`"),
+        ] {
+            // The hmac table's `{`.
+            let hmac = SLACK.replace(key, "");
+            let table = if key.starts_with("header") {
+                "{ algorithm"
+            } else {
+                "{ header"
+            };
+            assert_error(&hmac, table, phrase);
+        }
+    }
+
+    #[test]
+    fn header_names_prefix_and_timestamp_header() {
+        assert_error(
+            &SLACK.replace("\"X-Slack-Signature\"", "\"X Slack\""),
+            "\"X Slack\"",
+            "`X Slack` is not a valid HTTP header name",
+        );
+        assert_error(
+            &SLACK.replace("\"X-Slack-Request-Timestamp\"", "\"X-Slack-Signature\""),
+            "\"X-Slack-Signature\", timestamp = ",
+            "must differ from `header`",
+        );
+        assert_error(
+            &SLACK.replace("\"v0=\"", "\"v0\\n\""),
+            "\"v0\\n\"",
+            "`prefix` `v0\\n` must be printable ASCII",
+        );
+        let without = SLACK.replace(r#", timestamp_header = "X-Slack-Request-Timestamp""#, "");
+        assert_error(
+            &without,
+            "\"v0:{timestamp}:{body}\"",
+            "uses `{timestamp}`, so the upstream needs it too",
+        );
+    }
+
+    #[test]
+    fn hmac_is_exclusive_with_other_forms() {
+        let file = SourceFile::new(
+            FILE,
+            text(SLACK).replace("inject = {", "inject = { query = \"k\","),
+        );
+        let mut diags = Diagnostics::default();
+        assert!(Service::parse(&file, std::path::Path::new("."), &mut diags).is_err());
+        let diags = diags.into_sorted();
+        assert!(
+            diags[0].message.contains("{ aws_sigv4 } or { hmac }"),
+            "{diags:?}"
+        );
+    }
 }
