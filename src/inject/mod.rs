@@ -38,7 +38,8 @@ pub enum InjectError {
     /// The form signs the request body, which is not yet available when injecting.
     #[error(
         "inject form `{0}` signs the request body, which is not yet supported for requests with \
-         a body (send `Content-Length: 0`, or sign a message without `{{body}}`)"
+         a body: only requests that declare none (`Content-Length: 0`, or GET/HEAD/OPTIONS/DELETE \
+         without one) are signed; for `hmac`, a message without `{{body}}` signs any request"
     )]
     BodyNotSupported(&'static str),
 }
@@ -187,7 +188,7 @@ pub fn inject(
             // The body reaches the pipeline only after injection, so only a request that says
             // it has none can be signed (with the empty payload hash) here.
             if !declares_empty_body(parts) {
-                return Err(InjectError::Unsupported("aws_sigv4"));
+                return Err(InjectError::BodyNotSupported("aws_sigv4"));
             }
             let creds = SigV4Credentials::parse(secret)
                 .map_err(|e| InjectError::Signing("aws_sigv4", e.to_string()))?;

@@ -616,7 +616,7 @@ fn inject_signs_a_bodyless_request_as_sent() {
         .0;
     let err = inject(&mut parts, &mut target, &form, &secret).unwrap_err();
     assert!(
-        matches!(err, InjectError::Unsupported("aws_sigv4")),
+        matches!(err, InjectError::BodyNotSupported("aws_sigv4")),
         "{err}"
     );
     assert!(!parts.headers.contains_key("authorization"));
