@@ -142,7 +142,14 @@ fn describe_inject(i: &Inject) -> String {
         Inject::Basic { .. } => "HTTP Basic".to_owned(),
         Inject::Query { param } => format!("query parameter {param}"),
         Inject::Placeholder { name, .. } => format!("placeholder in header {name}"),
-        Inject::AwsSigv4 { region, service } => format!("AWS SigV4 ({service}, {region})"),
+        Inject::AwsSigv4 {
+            region, service, ..
+        } => format!("AWS SigV4 ({service}, {region})"),
+        Inject::OAuth2(o) => format!(
+            "OAuth2 access token ({} grant at {})",
+            o.grant.as_str(),
+            o.token_url
+        ),
         Inject::Hmac(h) => format!("HMAC signature in header {}", h.header),
     }
 }

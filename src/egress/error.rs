@@ -39,6 +39,14 @@ pub enum EgressError {
     /// Connecting, TLS, reset, a protocol upgrade or another upstream fault.
     #[error("upstream failed: {0}")]
     UpstreamFailed(String),
+    /// The service's OAuth2 token endpoint did not issue a token.
+    #[error("{message}")]
+    TokenEndpoint {
+        /// Which service, and what went wrong (never the endpoint's response body).
+        message: String,
+        /// What the caller or an operator can do.
+        hint: String,
+    },
     /// The upstream did not answer in time.
     #[error("upstream timed out: {0}")]
     UpstreamTimeout(String),
@@ -58,7 +66,7 @@ impl EgressError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Denied(_) | Self::Refused { .. } => StatusCode::FORBIDDEN,
-            Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamFailed(_) | Self::TokenEndpoint { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -71,7 +79,7 @@ impl EgressError {
             Self::Unauthenticated => "unauthenticated",
             Self::BadRequest(_) | Self::TooLarge(_) => "bad_request",
             Self::Denied(_) | Self::Refused { .. } => "egress_denied",
-            Self::UpstreamFailed(_) => "upstream_failed",
+            Self::UpstreamFailed(_) | Self::TokenEndpoint { .. } => "upstream_failed",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::AuditUnavailable => "unavailable",
             Self::Internal(_) => "internal",
@@ -93,7 +101,7 @@ impl EgressError {
                  explain`",
                 d.kind()
             ),
-            Self::Refused { hint, .. } => hint.clone(),
+            Self::Refused { hint, .. } | Self::TokenEndpoint { hint, .. } => hint.clone(),
             Self::UpstreamFailed(_) | Self::UpstreamTimeout(_) => {
                 "the upstream API did not answer properly; try again later".into()
             }

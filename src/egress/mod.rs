@@ -24,22 +24,25 @@ pub mod scrub;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 
 pub use self::body::{BoxBody, BoxError};
 pub use self::connect::{AddrClass, ConnectError, Resolver, SystemResolver, classify};
 pub use self::error::{EgressError, error_response};
 use crate::audit::{AuditLog, Entry, Outcome};
-use crate::inject::{self, Injected};
+use crate::inject::sigv4::authority as sigv4_authority;
+use crate::inject::{self, Injected, oauth2};
 use crate::policy::settings::Limits;
 use crate::policy::{
-    Client, CredentialRef, CredentialScope, Decision, Origin, PolicySet, ServiceName,
+    Client, CredentialRef, CredentialScope, Decision, Inject, Origin, PolicySet, Service,
+    ServiceName, Target,
 };
 use crate::principal::Principal;
-use crate::secrets::{Namespace, Secret, SecretError, SecretStore};
+use crate::secrets::{Namespace, OAuth2Credentials, Secret, SecretError, SecretId, SecretStore};
 
 /// Per-invocation placeholder values, by the service each is scoped to.
 #[derive(Debug, Default, Clone)]
@@ -115,6 +118,7 @@ pub struct Egress {
     clients: HashMap<ServiceName, connect::UpstreamClient>,
     overrides: Arc<HashMap<Origin, SocketAddr>>,
     limits: Limits,
+    tokens: oauth2::Tokens,
 }
 
 impl std::fmt::Debug for Egress {
@@ -175,6 +179,7 @@ impl Egress {
         }
         Ok(Self {
             limits: settings.limits.clone(),
+            tokens: oauth2::Tokens::new(secrets.clone()),
             policy,
             secrets,
             audit,
@@ -255,23 +260,47 @@ impl Egress {
             return Err(self.refuse(entry, started, e));
         }
 
-        // 4. Resolve and 5. inject, only now that the decision is Allow.
-        let injected = match (allow.credential(), &allow.service.inject) {
-            (Some(credential), Some(form)) => {
-                let secret = match self.resolve(call.principal, credential) {
-                    Ok(s) => s,
-                    Err(e) => return Err(self.refuse(entry, started, e)),
-                };
-                match inject::inject(&mut parts, &mut target, form, &secret) {
-                    Ok(i) => i,
-                    Err(e) => {
-                        let e = EgressError::Internal(e.to_string());
-                        return Err(self.refuse(entry, started, e));
-                    }
+        // The body is buffered when the form signs it, or when an OAuth2 401 may need it
+        // sent again; otherwise it streams.
+        let form = allow.credential().and(allow.service.inject.as_ref());
+        let replay_on_401 = matches!(form, Some(Inject::OAuth2(_))) && is_idempotent(&parts.method);
+        let mut outgoing = if form.is_some_and(Inject::signs_body) || replay_on_401 {
+            match self.buffer(body).await {
+                Ok(bytes) => {
+                    frame_buffered(&mut parts.headers, bytes.len());
+                    Outgoing::Buffered(bytes)
                 }
+                Err(e) => return Err(self.refuse(entry, started, e)),
             }
-            _ => Injected::default(),
+        } else {
+            Outgoing::Streaming(Some(body))
         };
+
+        // 4. Resolve and 5. inject, only now that the decision is Allow.
+        let mut stored = None;
+        let mut injected = Injected::default();
+        if let Some(credential) = form.and(allow.credential()) {
+            let secret = match self.resolve(call.principal, credential) {
+                Ok(s) => s,
+                Err(e) => return Err(self.refuse(entry, started, e)),
+            };
+            injected = match self
+                .inject(
+                    call,
+                    &mut parts,
+                    &mut target,
+                    allow.service,
+                    &secret,
+                    outgoing.payload(),
+                    None,
+                )
+                .await
+            {
+                Ok(i) => i,
+                Err(e) => return Err(self.refuse(entry, started, e)),
+            };
+            stored = Some((credential, secret));
+        }
         // Named in the record only once it is really on the request.
         entry.credential = allow.credential().map(ToString::to_string);
 
@@ -296,31 +325,68 @@ impl Egress {
                 return Err(self.refuse(entry, started, EgressError::BadRequest(e.to_string())));
             }
         }
-        let body = Limited::new(body, self.request_limit())
-            .map_err(|e| -> BoxError { e })
-            .boxed_unsync();
         let client = self
             .clients
             .get(&allow.service.name)
             .expect("a client is built for every service of this policy");
-        let sent = tokio::time::timeout(
-            self.limits.upstream_timeout,
-            client.request(Request::from_parts(parts, body)),
-        )
-        .await;
-        let resp = match sent {
-            Err(_) => {
-                let e = EgressError::UpstreamTimeout(format!(
-                    "no response from {} within {:?}",
-                    target.origin, self.limits.upstream_timeout
-                ));
-                return Err(self.refuse(entry, started, e));
-            }
-            Ok(Err(e)) => {
-                return Err(self.refuse(entry, started, upstream_error(&e, &target.origin)));
-            }
-            Ok(Ok(resp)) => resp,
+        let mut resp = match self
+            .send(
+                client,
+                copy_parts(&parts),
+                outgoing.body(self.request_limit()),
+                &target.origin,
+            )
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => return Err(self.refuse(entry, started, e)),
         };
+        // An OAuth2 token the upstream refuses gets one refresh and one retry, for methods
+        // that may be repeated.
+        if resp.status() == StatusCode::UNAUTHORIZED
+            && replay_on_401
+            && let Some((_, secret)) = &stored
+        {
+            let sent = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .map(|t| Secret::new(t.to_vec()));
+            let retried = match self
+                .inject(
+                    call,
+                    &mut parts,
+                    &mut target,
+                    allow.service,
+                    secret,
+                    outgoing.payload(),
+                    sent.as_ref(),
+                )
+                .await
+            {
+                Ok(i) => i,
+                Err(e) => return Err(self.refuse(entry, started, e)),
+            };
+            // The refused token is scrubbed too.
+            let mut retried = retried;
+            for form in injected.forms() {
+                retried.also(form);
+            }
+            injected = retried;
+            drop(resp);
+            resp = match self
+                .send(
+                    client,
+                    copy_parts(&parts),
+                    outgoing.body(self.request_limit()),
+                    &target.origin,
+                )
+                .await
+            {
+                Ok(resp) => resp,
+                Err(e) => return Err(self.refuse(entry, started, e)),
+            };
+        }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let e = EgressError::UpstreamFailed("the upstream switched protocols (101)".into());
             return Err(self.refuse(entry, started, e));
@@ -379,6 +445,112 @@ impl Egress {
 
     fn request_limit(&self) -> usize {
         usize::try_from(self.limits.max_request_body).unwrap_or(usize::MAX)
+    }
+
+    /// Reads the whole request body, up to `max_request_body`, within `upstream_timeout`.
+    async fn buffer(&self, body: BoxBody) -> Result<Bytes, EgressError> {
+        let limit = self.request_limit();
+        match tokio::time::timeout(self.limits.upstream_timeout, read_capped(body, limit)).await {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(None)) => Err(EgressError::TooLarge(format!(
+                "the request body is larger than max_request_body ({limit} bytes)"
+            ))),
+            Ok(Err(Some(e))) => Err(EgressError::BadRequest(format!(
+                "the request body could not be read: {e}"
+            ))),
+            Err(_) => Err(EgressError::BadRequest(format!(
+                "the request body did not arrive within {:?}",
+                self.limits.upstream_timeout
+            ))),
+        }
+    }
+
+    /// Step 5 for one attempt: the value to inject (for OAuth2, an access token for the
+    /// stored credential; `rejected` is a token the upstream refused), placed by the
+    /// service's form.
+    #[allow(clippy::too_many_arguments)]
+    async fn inject(
+        &self,
+        call: &Call<'_>,
+        parts: &mut http::request::Parts,
+        target: &mut Target,
+        service: &Service,
+        stored: &Secret,
+        payload: inject::Payload<'_>,
+        rejected: Option<&Secret>,
+    ) -> Result<Injected, EgressError> {
+        let (Some(credential), Some(form)) = (&service.credential, &service.inject) else {
+            return Ok(Injected::default());
+        };
+        let unusable = |why: String| EgressError::Refused {
+            message: format!(
+                "the request is allowed, but credential `{credential}` cannot be used: {why}"
+            ),
+            hint: format!(
+                "an operator can store it again, in the shape the `{}` form needs (see \
+                 docs/policies.md), with `behalf secret set {}/{}`",
+                form.kind(),
+                namespace(call.principal, credential),
+                credential.name
+            ),
+        };
+        let Inject::OAuth2(oauth2) = form else {
+            return inject::inject(parts, target, form, stored, payload, SystemTime::now())
+                .map_err(|e| unusable(e.to_string()));
+        };
+        let key = oauth2::Key {
+            id: SecretId::new(
+                namespace(call.principal, credential),
+                credential.name.clone(),
+            ),
+            service: service.name.clone(),
+        };
+        let endpoint = TokenEndpoint {
+            client: self
+                .clients
+                .get(&service.name)
+                .expect("a client is built for every service of this policy"),
+            timeout: self.limits.upstream_timeout,
+            origin: &oauth2.token_url.origin,
+        };
+        let token = self
+            .tokens
+            .access_token(&key, stored, oauth2, rejected, &endpoint)
+            .await
+            .map_err(|e| token_error(e, service, &key, unusable))?;
+        let mut injected = inject::inject(parts, target, form, &token, payload, SystemTime::now())
+            .map_err(|e| unusable(e.to_string()))?;
+        // Never sent upstream, but scrubbed like any injected form should one come back.
+        if let Ok(creds) = OAuth2Credentials::parse(stored) {
+            injected.also(creds.client_secret.expose());
+            if let Some(refresh) = &creds.refresh_token {
+                injected.also(refresh.expose());
+            }
+        }
+        Ok(injected)
+    }
+
+    /// Sends one attempt, within `upstream_timeout`.
+    async fn send(
+        &self,
+        client: &connect::UpstreamClient,
+        parts: http::request::Parts,
+        body: BoxBody,
+        origin: &Origin,
+    ) -> Result<Response<hyper::body::Incoming>, EgressError> {
+        let sent = tokio::time::timeout(
+            self.limits.upstream_timeout,
+            client.request(Request::from_parts(parts, body)),
+        )
+        .await;
+        match sent {
+            Err(_) => Err(EgressError::UpstreamTimeout(format!(
+                "no response from {origin} within {:?}",
+                self.limits.upstream_timeout
+            ))),
+            Ok(Err(e)) => Err(upstream_error(&e, origin)),
+            Ok(Ok(resp)) => Ok(resp),
+        }
     }
 
     /// Step 4: the credential in the verified principal's namespace.
@@ -530,4 +702,197 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+}
+
+/// The namespace a credential is resolved in for a principal.
+///
+/// # Security
+///
+/// Built only from the verified principal the front door bound to the call.
+fn namespace(principal: &Principal, credential: &CredentialRef) -> Namespace {
+    match credential.scope {
+        CredentialScope::User => Namespace::User(principal.tenant.clone(), principal.user.clone()),
+        CredentialScope::Tenant => Namespace::Tenant(principal.tenant.clone()),
+    }
+}
+
+/// The request body on its way out.
+enum Outgoing {
+    /// Read whole (a form signs it, or it may be sent twice).
+    Buffered(Bytes),
+    /// Streamed through once, capped at `max_request_body`.
+    Streaming(Option<BoxBody>),
+}
+
+impl Outgoing {
+    /// What the inject step sees of the body.
+    fn payload(&self) -> inject::Payload<'_> {
+        match self {
+            Self::Buffered(bytes) => inject::Payload::Buffered(bytes),
+            Self::Streaming(_) => inject::Payload::Streaming,
+        }
+    }
+
+    /// The body for one attempt. A streaming body can be taken once; only buffered bodies
+    /// are ever sent twice.
+    fn body(&mut self, limit: usize) -> BoxBody {
+        match self {
+            Self::Buffered(bytes) => Full::new(bytes.clone())
+                .map_err(body::empty_error)
+                .boxed_unsync(),
+            Self::Streaming(body) => match body.take() {
+                Some(b) => Limited::new(b, limit)
+                    .map_err(|e| -> BoxError { e })
+                    .boxed_unsync(),
+                None => body::empty(),
+            },
+        }
+    }
+}
+
+/// Methods whose requests may be repeated (RFC 9110 section 9.2.2).
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
+}
+
+/// Frames a buffered body by its length: no `Transfer-Encoding`, and `Content-Length` unless
+/// an empty body had none.
+fn frame_buffered(headers: &mut http::HeaderMap, len: usize) {
+    headers.remove(header::TRANSFER_ENCODING);
+    if len > 0 || headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+}
+
+/// A copy of the request head, for an attempt (a retry sends the head again).
+fn copy_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let mut copy = Request::new(()).into_parts().0;
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
+}
+
+/// The token endpoint of a service, reached through the service's own client.
+struct TokenEndpoint<'a> {
+    client: &'a connect::UpstreamClient,
+    timeout: std::time::Duration,
+    origin: &'a Origin,
+}
+
+impl oauth2::Exchange for TokenEndpoint<'_> {
+    fn send(&self, req: Request<Bytes>) -> oauth2::Exchanged<'_> {
+        Box::pin(self.exchange(req))
+    }
+}
+
+impl TokenEndpoint<'_> {
+    async fn exchange(
+        &self,
+        req: Request<Bytes>,
+    ) -> Result<(StatusCode, Bytes), oauth2::TokenError> {
+        let unreachable = |e: EgressError| oauth2::TokenError::Unreachable(e.to_string());
+        let (mut parts, bytes) = req.into_parts();
+        let host = sigv4_authority(self.origin);
+        parts.headers.insert(
+            header::HOST,
+            HeaderValue::from_str(&host)
+                .map_err(|e| unreachable(EgressError::BadRequest(e.to_string())))?,
+        );
+        let body = Full::new(bytes).map_err(body::empty_error).boxed_unsync();
+        let exchange = async {
+            let resp = self
+                .client
+                .request(Request::from_parts(parts, body))
+                .await
+                .map_err(|e| unreachable(upstream_error(&e, self.origin)))?;
+            let status = resp.status();
+            let body = read_capped(resp.into_body(), oauth2::MAX_RESPONSE)
+                .await
+                .map_err(|_| {
+                    oauth2::TokenError::Unreachable(format!(
+                        "the answer from {} ended early or is over {} bytes",
+                        self.origin,
+                        oauth2::MAX_RESPONSE
+                    ))
+                })?;
+            Ok((status, body))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(oauth2::TokenError::Unreachable(format!(
+                    "no answer from {} within {:?}",
+                    self.origin, self.timeout
+                )))
+            })
+    }
+}
+
+/// An OAuth2 failure as the caller sees it: the service and what went wrong, and what can be
+/// done; never the token endpoint's own words.
+fn token_error(
+    e: oauth2::TokenError,
+    service: &Service,
+    key: &oauth2::Key,
+    unusable: impl FnOnce(String) -> EgressError,
+) -> EgressError {
+    use oauth2::TokenError;
+    let hint = match &e {
+        TokenError::Credential(why) => return unusable(why.clone()),
+        TokenError::Rejected {
+            grant: "refresh_token",
+            code: Some("invalid_grant"),
+            ..
+        } => format!(
+            "the refresh token was revoked, expired or already used: the user must connect \
+             the account again (an operator can store a new one with `behalf secret set {}`)",
+            key.id
+        ),
+        TokenError::Rejected {
+            code: Some("invalid_client" | "unauthorized_client"),
+            ..
+        } => format!(
+            "the token endpoint does not accept the client id and secret: an operator can \
+             store the right ones with `behalf secret set {}`",
+            key.id
+        ),
+        _ => "the token endpoint did not issue a token; try again later (an operator can find \
+              details in behalf's log)"
+            .to_owned(),
+    };
+    tracing::warn!(service = %service.name, credential = %key.id, error = %e,
+        "no OAuth2 access token");
+    EgressError::TokenEndpoint {
+        message: format!("service `{}`: {e}", service.name),
+        hint,
+    }
+}
+
+/// Reads a whole body of at most `limit` bytes: `Err(None)` past the limit, `Err(Some(e))`
+/// if the body fails.
+async fn read_capped<B>(mut body: B, limit: usize) -> Result<Bytes, Option<B::Error>>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(Some)?.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(None);
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
 }

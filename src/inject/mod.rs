@@ -9,12 +9,15 @@
 //! scrub step can remove every one of them from the response.
 
 pub mod hmac;
+pub mod oauth2;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::HeaderValue;
 use http::header::AUTHORIZATION;
 use http::request::Parts;
+use std::time::SystemTime;
+
 use zeroize::Zeroizing;
 
 use crate::policy::{Inject, Target, service::Template};
@@ -29,19 +32,21 @@ pub enum InjectError {
     /// The stored value cannot be placed in a header (control characters, non-ASCII).
     #[error("the stored credential is not a valid {0} value (control or non-ASCII bytes)")]
     NotHeaderSafe(&'static str),
-    /// The form is not available yet.
-    #[error("inject form `{0}` is not supported by this build")]
-    Unsupported(&'static str),
     /// The stored credential or the request cannot be signed (never names a credential value).
     #[error("inject form `{0}` could not sign the request: {1}")]
     Signing(&'static str, String),
-    /// The form signs the request body, which is not yet available when injecting.
-    #[error(
-        "inject form `{0}` signs the request body, which is not yet supported for requests with \
-         a body: only requests that declare none (`Content-Length: 0`, or GET/HEAD/OPTIONS/DELETE \
-         without one) are signed; for `hmac`, a message without `{{body}}` signs any request"
-    )]
-    BodyNotSupported(&'static str),
+    /// The form signs the body, and the caller passed [`Payload::Streaming`].
+    #[error("inject form `{0}` signs the request body, which was not buffered")]
+    BodyNotBuffered(&'static str),
+}
+
+/// What step 5 can see of the request body.
+#[derive(Debug, Clone, Copy)]
+pub enum Payload<'a> {
+    /// The whole body, as it will be sent (empty for a bodyless request).
+    Buffered(&'a [u8]),
+    /// The body streams after injection; forms that sign it refuse.
+    Streaming,
 }
 
 /// Every byte string that was placed on the request, for response scrubbing.
@@ -79,6 +84,13 @@ impl Injected {
             .filter(|r| !r.is_empty())
     }
 
+    /// Also scrubs `form`: a value held for this request but not placed on it, such as an
+    /// OAuth2 client secret or refresh token, or a token an earlier attempt carried.
+    pub fn also(&mut self, form: &[u8]) {
+        self.add(form.to_vec());
+        self.forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    }
+
     /// Whether nothing was injected.
     pub fn is_empty(&self) -> bool {
         self.forms.is_empty()
@@ -104,29 +116,18 @@ fn render(template: &Template, secret: &[u8]) -> Zeroizing<Vec<u8>> {
     v
 }
 
-/// Whether the request's headers say its body is empty: `Content-Length: 0`, or neither
-/// `Content-Length` nor `Transfer-Encoding` on a method that carries no body by convention.
-fn declares_empty_body(parts: &Parts) -> bool {
-    use http::Method;
-    use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-    let lengths: Vec<_> = parts.headers.get_all(CONTENT_LENGTH).iter().collect();
-    if parts.headers.contains_key(TRANSFER_ENCODING) {
-        return false;
-    }
-    match lengths.as_slice() {
-        [] => [Method::GET, Method::HEAD, Method::OPTIONS, Method::DELETE].contains(&parts.method),
-        lengths => lengths
-            .iter()
-            .all(|v| v.to_str().is_ok_and(|s| s.trim() == "0")),
-    }
-}
-
-/// Injects `secret` into the request (headers in `parts`, query in `target`) by `form`.
+/// Injects `secret` into the request (headers in `parts`, query in `target`) by `form`,
+/// signing `payload` where the form signs the body, at time `now`.
+///
+/// For [`Inject::OAuth2`], `secret` is the access token (see [`oauth2::Tokens`]), not the
+/// stored credential.
 pub fn inject(
     parts: &mut Parts,
     target: &mut Target,
     form: &Inject,
     secret: &Secret,
+    payload: Payload<'_>,
+    now: SystemTime,
 ) -> Result<Injected, InjectError> {
     let raw = secret.expose();
     let mut injected = Injected::default();
@@ -184,21 +185,28 @@ pub fn inject(
                 injected.add(value.to_vec());
             }
         }
-        Inject::AwsSigv4 { region, service } => {
-            // The body reaches the pipeline only after injection, so only a request that says
-            // it has none can be signed (with the empty payload hash) here.
-            if !declares_empty_body(parts) {
-                return Err(InjectError::BodyNotSupported("aws_sigv4"));
-            }
+        Inject::AwsSigv4 {
+            region,
+            service,
+            unsigned_payload,
+        } => {
+            let payload_hash = match (payload, unsigned_payload) {
+                (_, true) => sigv4::UNSIGNED_PAYLOAD.to_owned(),
+                (Payload::Buffered(body), false) => sigv4::payload_sha256(body),
+                (Payload::Streaming, false) => {
+                    return Err(InjectError::BodyNotBuffered("aws_sigv4"));
+                }
+            };
             let creds = SigV4Credentials::parse(secret)
                 .map_err(|e| InjectError::Signing("aws_sigv4", e.to_string()))?;
-            let forms = sigv4::sign_empty_body(
+            let forms = sigv4::sign_request(
                 parts,
                 target,
                 region,
                 service,
+                &payload_hash,
                 &creds,
-                time::OffsetDateTime::now_utc(),
+                now.into(),
             )
             .map_err(|e| InjectError::Signing("aws_sigv4", e.to_string()))?;
             injected.raw = Some(Zeroizing::new(creds.secret_access_key.expose().to_vec()));
@@ -207,29 +215,32 @@ pub fn inject(
             }
         }
         Inject::Hmac(hmac_form) => {
-            // The body reaches the pipeline only after injection, so `{body}` can be signed
-            // only when the request says it has none.
-            if hmac_form.signs_body() && !declares_empty_body(parts) {
-                return Err(InjectError::BodyNotSupported("hmac"));
-            }
+            let body = match payload {
+                Payload::Buffered(body) => body,
+                Payload::Streaming if hmac_form.signs_body() => {
+                    return Err(InjectError::BodyNotBuffered("hmac"));
+                }
+                Payload::Streaming => b"",
+            };
             let path_and_query = match &target.query {
                 Some(q) => format!("{}?{q}", target.path),
                 None => target.path.clone(),
             };
-            let headers = hmac::sign(
-                hmac_form,
-                &parts.method,
-                &path_and_query,
-                b"",
-                std::time::SystemTime::now(),
-                raw,
-            )?;
+            let headers = hmac::sign(hmac_form, &parts.method, &path_and_query, body, now, raw)?;
             if let Some((_, signature)) = headers.first() {
                 injected.add(signature.as_bytes());
             }
             for (name, value) in headers {
                 parts.headers.insert(name, value);
             }
+        }
+        Inject::OAuth2(_) => {
+            let mut value = Zeroizing::new(b"Bearer ".to_vec());
+            value.extend_from_slice(raw);
+            parts
+                .headers
+                .insert(AUTHORIZATION, header_value(&value, "access token")?);
+            injected.add(value.to_vec());
         }
     }
     injected.forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
@@ -241,6 +252,12 @@ mod tests {
     use super::*;
     use crate::policy::service::Template;
     use http::HeaderName;
+
+    const EMPTY: Payload<'static> = Payload::Buffered(b"");
+
+    fn now() -> SystemTime {
+        SystemTime::now()
+    }
 
     fn parts() -> Parts {
         http::Request::get("https://x.test/")
@@ -257,7 +274,15 @@ mod tests {
             name: HeaderName::from_static("authorization"),
             template: Template::parse("Bearer {credential}", "credential").unwrap(),
         };
-        let got = inject(&mut p, &mut t, &form, &Secret::from_text("tok")).unwrap();
+        let got = inject(
+            &mut p,
+            &mut t,
+            &form,
+            &Secret::from_text("tok"),
+            EMPTY,
+            now(),
+        )
+        .unwrap();
         let v = p.headers.get("authorization").unwrap();
         assert_eq!(v, "Bearer tok");
         assert!(v.is_sensitive());
@@ -271,7 +296,15 @@ mod tests {
         let form = Inject::Basic {
             username: "x-token".into(),
         };
-        inject(&mut p, &mut t, &form, &Secret::from_text("s3cret")).unwrap();
+        inject(
+            &mut p,
+            &mut t,
+            &form,
+            &Secret::from_text("s3cret"),
+            EMPTY,
+            now(),
+        )
+        .unwrap();
         let expected = format!("Basic {}", STANDARD.encode("x-token:s3cret"));
         assert_eq!(p.headers.get("authorization").unwrap(), expected.as_str());
     }
@@ -285,7 +318,15 @@ mod tests {
         let form = Inject::Query {
             param: "api_key".into(),
         };
-        inject(&mut p, &mut t, &form, &Secret::from_text("a b&c")).unwrap();
+        inject(
+            &mut p,
+            &mut t,
+            &form,
+            &Secret::from_text("a b&c"),
+            EMPTY,
+            now(),
+        )
+        .unwrap();
         assert_eq!(t.query.as_deref(), Some("q=1&z&api_key=a+b%26c"));
     }
 
@@ -296,7 +337,15 @@ mod tests {
             name: HeaderName::from_static("x-key"),
             template: Template::parse("{credential}", "credential").unwrap(),
         };
-        let err = inject(&mut p, &mut t, &form, &Secret::from_text("a\r\nX-Evil: 1")).unwrap_err();
+        let err = inject(
+            &mut p,
+            &mut t,
+            &form,
+            &Secret::from_text("a\r\nX-Evil: 1"),
+            EMPTY,
+            now(),
+        )
+        .unwrap_err();
         assert!(!err.to_string().contains("Evil"));
     }
 
@@ -328,7 +377,15 @@ mod tests {
         let mut p = request("GET", &[("x-signature", "forged-by-the-tool")]);
         let mut t = Target::parse("https://x.test/v1/orders?limit=2").unwrap();
         let form = generic_hmac("{method}\n{path}\n{timestamp}\n{body}");
-        let got = inject(&mut p, &mut t, &form, &Secret::from_text("k3y")).unwrap();
+        let got = inject(
+            &mut p,
+            &mut t,
+            &form,
+            &Secret::from_text("k3y"),
+            EMPTY,
+            now(),
+        )
+        .unwrap();
         let ts = p.headers.get("x-timestamp").unwrap().to_str().unwrap();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -350,47 +407,46 @@ mod tests {
     }
 
     #[test]
-    fn hmac_over_a_body_needs_a_declared_empty_body() {
+    fn hmac_signs_the_buffered_body_and_refuses_a_streaming_one() {
         let form = generic_hmac("{method}\n{path}\n{timestamp}\n{body}");
-        for (method, headers) in [
-            ("POST", &[][..]),
-            ("POST", &[("content-length", "12")][..]),
-            ("GET", &[("transfer-encoding", "chunked")][..]),
-            (
-                "PUT",
-                &[("content-length", "0"), ("content-length", "3")][..],
-            ),
-        ] {
-            let (mut p, mut t) = (
-                request(method, headers),
-                Target::parse("https://x.test/a").unwrap(),
-            );
-            let err = inject(&mut p, &mut t, &form, &Secret::from_text("k3y")).unwrap_err();
-            assert!(
-                matches!(err, InjectError::BodyNotSupported("hmac")),
-                "{method} {headers:?}"
-            );
-            assert!(
-                err.to_string()
-                    .contains("not yet supported for requests with a body")
-            );
-            assert!(!p.headers.contains_key("x-signature"));
-        }
-        for (method, headers) in [
-            ("POST", &[("content-length", "0")][..]),
-            ("DELETE", &[][..]),
-            ("HEAD", &[][..]),
-        ] {
-            let (mut p, mut t) = (
-                request(method, headers),
-                Target::parse("https://x.test/a").unwrap(),
-            );
-            inject(&mut p, &mut t, &form, &Secret::from_text("k3y")).unwrap();
-            assert!(
-                p.headers.contains_key("x-signature"),
-                "{method} {headers:?}"
-            );
-        }
+        let (mut p, mut t) = (
+            request("POST", &[("content-length", "12")]),
+            Target::parse("https://x.test/a").unwrap(),
+        );
+        let body = b"{\"qty\":\"\xff\"}";
+        inject(
+            &mut p,
+            &mut t,
+            &form,
+            &Secret::from_text("k3y"),
+            Payload::Buffered(body),
+            now(),
+        )
+        .unwrap();
+        let ts = p.headers.get("x-timestamp").unwrap().to_str().unwrap();
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA512, b"k3y");
+        let sig = STANDARD
+            .decode(p.headers.get("x-signature").unwrap().as_bytes())
+            .unwrap();
+        let mut msg = format!("POST\n/a\n{ts}\n").into_bytes();
+        msg.extend_from_slice(body);
+        ring::hmac::verify(&key, &msg, &sig).unwrap();
+
+        let (mut p, mut t) = (
+            request("POST", &[]),
+            Target::parse("https://x.test/a").unwrap(),
+        );
+        let err = inject(
+            &mut p,
+            &mut t,
+            &form,
+            &Secret::from_text("k3y"),
+            Payload::Streaming,
+            now(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, InjectError::BodyNotBuffered("hmac")), "{err}");
+        assert!(!p.headers.contains_key("x-signature"));
     }
 
     #[test]
@@ -398,7 +454,15 @@ mod tests {
         let form = generic_hmac("{method} {path} {timestamp}");
         let mut p = request("POST", &[("content-length", "12")]);
         let mut t = Target::parse("https://x.test/a").unwrap();
-        inject(&mut p, &mut t, &form, &Secret::from_text("k3y")).unwrap();
+        inject(
+            &mut p,
+            &mut t,
+            &form,
+            &Secret::from_text("k3y"),
+            Payload::Streaming,
+            now(),
+        )
+        .unwrap();
         let ts = p.headers.get("x-timestamp").unwrap().to_str().unwrap();
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA512, b"k3y");
         let sig = STANDARD

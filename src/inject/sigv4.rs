@@ -233,15 +233,17 @@ pub fn authority(origin: &crate::policy::Origin) -> String {
     }
 }
 
-/// Signs a request whose body is empty, as it will be sent to `target`: removes any
+/// Signs a request as it will be sent to `target`, with `payload_hash` (see
+/// [`payload_sha256`], [`EMPTY_PAYLOAD_SHA256`], [`UNSIGNED_PAYLOAD`]): removes any
 /// signer-owned headers the caller set, adds the signed ones, and returns every credential
 /// form placed on the request (for response scrubbing): the access key id, the secret key, the
 /// session token, the signature and the `Authorization` value.
-pub fn sign_empty_body(
+pub fn sign_request(
     parts: &mut http::request::Parts,
     target: &crate::policy::Target,
     region: &str,
     service: &str,
+    payload_hash: &str,
     creds: &crate::secrets::SigV4Credentials,
     time: OffsetDateTime,
 ) -> Result<Vec<Zeroizing<Vec<u8>>>, SigningError> {
@@ -261,7 +263,7 @@ pub fn sign_empty_body(
         region,
         service,
         time,
-        payload_hash: EMPTY_PAYLOAD_SHA256,
+        payload_hash,
         uri_encoding: UriEncoding::for_service(service),
         content_sha256_header: s3_like,
     };

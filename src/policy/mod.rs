@@ -106,6 +106,26 @@ impl PolicySet {
                 Err(name) => invalid_services.extend(name),
             }
         }
+        // A provider may rotate the refresh token on every use; behalf must be able to store
+        // the new one, or the credential dies at the next restart.
+        if settings.secrets.backend != settings::Backend::File {
+            for service in &services {
+                if let Some(service::Inject::OAuth2(o)) = &service.inject
+                    && o.grant == service::OAuth2Grant::RefreshToken
+                {
+                    diags.error(
+                        service.defined_at.clone(),
+                        format!(
+                            "service `{}` uses the oauth2 refresh_token grant, which needs a \
+                             writable secret backend to store rotated refresh tokens, but \
+                             [secrets] backend is read-only; use backend = \"file\", or the \
+                             client_credentials grant",
+                            service.name
+                        ),
+                    );
+                }
+            }
+        }
         let tenants: Vec<Tenant> = sources
             .tenants
             .iter()

@@ -11,6 +11,7 @@ use toml::Spanned;
 use super::load::Document;
 use super::origin::{OriginPattern, Scheme};
 use super::source::{Diagnostics, Location, SourceFile};
+use super::target::Target;
 
 /// A service name: 1–64 of `[a-z0-9_-]`, starting with a letter or digit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -355,9 +356,58 @@ pub enum Inject {
         region: String,
         /// AWS service, e.g. `s3`.
         service: String,
+        /// Sign `UNSIGNED-PAYLOAD` and stream the body, instead of buffering it to hash it.
+        unsigned_payload: bool,
     },
     /// An HMAC signature over parts of the request, keyed by the credential.
     Hmac(HmacForm),
+    /// An OAuth2 access token obtained with the credential, sent as `Authorization: Bearer`.
+    OAuth2(OAuth2Form),
+}
+
+/// Which OAuth2 grant exchanges the credential for access tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OAuth2Grant {
+    /// `client_credentials`: the client id and secret alone.
+    ClientCredentials,
+    /// `refresh_token`: the credential's refresh token (which the provider may rotate).
+    RefreshToken,
+}
+
+impl OAuth2Grant {
+    /// The `grant_type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientCredentials => "client_credentials",
+            Self::RefreshToken => "refresh_token",
+        }
+    }
+}
+
+/// How the client authenticates to the token endpoint (RFC 6749 section 2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// HTTP Basic with the form-urlencoded client id and secret (`client_secret_basic`).
+    Basic,
+    /// `client_id` and `client_secret` in the form body (`client_secret_post`).
+    Body,
+}
+
+/// The `oauth2` inject form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuth2Form {
+    /// The token endpoint.
+    pub token_url: Target,
+    /// The grant used.
+    pub grant: OAuth2Grant,
+    /// Scopes requested (sent space-joined as `scope`), if any.
+    pub scopes: Vec<String>,
+    /// An `audience` parameter, for providers that want one.
+    pub audience: Option<String>,
+    /// How the client authenticates.
+    pub client_auth: ClientAuth,
 }
 
 impl Inject {
@@ -370,6 +420,19 @@ impl Inject {
             Self::Placeholder { .. } => "placeholder",
             Self::AwsSigv4 { .. } => "aws_sigv4",
             Self::Hmac(_) => "hmac",
+            Self::OAuth2(_) => "oauth2",
+        }
+    }
+
+    /// Whether the form needs the whole request body before it can inject: SigV4 hashes it
+    /// (unless `unsigned_payload`), HMAC signs it when the message has `{body}`.
+    pub fn signs_body(&self) -> bool {
+        match self {
+            Self::AwsSigv4 {
+                unsigned_payload, ..
+            } => !unsigned_payload,
+            Self::Hmac(h) => h.signs_body(),
+            _ => false,
         }
     }
 }
@@ -449,6 +512,7 @@ struct RawInject {
     placeholder: Option<RawPlaceholder>,
     aws_sigv4: Option<RawSigv4>,
     hmac: Option<Spanned<RawHmac>>,
+    oauth2: Option<Spanned<RawOAuth2>>,
 }
 
 #[derive(Deserialize)]
@@ -469,6 +533,19 @@ struct RawPlaceholder {
 struct RawSigv4 {
     region: String,
     service: String,
+    #[serde(default)]
+    unsigned_payload: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOAuth2 {
+    token_url: Spanned<String>,
+    grant: Spanned<String>,
+    #[serde(default)]
+    scopes: Vec<Spanned<String>>,
+    audience: Option<Spanned<String>>,
+    client_auth: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -537,6 +614,20 @@ impl Service {
                     None
                 }
             });
+        if let (Some(Inject::OAuth2(o)), Some(i)) = (&inject, &raw.inject)
+            && o.token_url.origin.scheme == Scheme::Http
+            && !raw.allow_plaintext
+        {
+            fail(
+                diags,
+                at(i.span()),
+                format!(
+                    "oauth2 `token_url` `{}` is plain http: the client secret and tokens would \
+                     cross the network unencrypted; use https, or set `allow_plaintext = true`",
+                    o.token_url
+                ),
+            );
+        }
         match (&raw.credential, &raw.inject) {
             (Some(c), None) => fail(
                 diags,
@@ -641,12 +732,13 @@ fn parse_inject(raw: &RawInject) -> Result<Inject, InjectError> {
         raw.placeholder.is_some(),
         raw.aws_sigv4.is_some(),
         raw.hmac.is_some(),
+        raw.oauth2.is_some(),
     ];
     if forms.iter().filter(|f| **f).count() != 1 {
         return Err((
             None,
             "`inject` must use exactly one form: { header, template }, { basic }, { query }, \
-             { placeholder }, { aws_sigv4 } or { hmac }"
+             { placeholder }, { aws_sigv4 }, { hmac } or { oauth2 }"
                 .into(),
         ));
     }
@@ -706,6 +798,9 @@ fn parse_inject(raw: &RawInject) -> Result<Inject, InjectError> {
     if let Some(h) = &raw.hmac {
         return parse_hmac(h).map(Inject::Hmac);
     }
+    if let Some(o) = &raw.oauth2 {
+        return parse_oauth2(o.get_ref()).map(Inject::OAuth2);
+    }
     let s = raw
         .aws_sigv4
         .as_ref()
@@ -713,6 +808,73 @@ fn parse_inject(raw: &RawInject) -> Result<Inject, InjectError> {
     Ok(Inject::AwsSigv4 {
         region: s.region.clone(),
         service: s.service.clone(),
+        unsigned_payload: s.unsigned_payload,
+    })
+}
+
+fn parse_oauth2(raw: &RawOAuth2) -> Result<OAuth2Form, InjectError> {
+    let url = &raw.token_url;
+    let token_url = Target::parse(url.get_ref()).map_err(|e| {
+        (
+            Some(url.span()),
+            format!(
+                "oauth2 `token_url` `{}` is not a valid URL: {e}",
+                url.get_ref()
+            ),
+        )
+    })?;
+    let grant = match raw.grant.get_ref().as_str() {
+        "client_credentials" => OAuth2Grant::ClientCredentials,
+        "refresh_token" => OAuth2Grant::RefreshToken,
+        other => {
+            return Err((
+                Some(raw.grant.span()),
+                format!(
+                    "oauth2 `grant` `{other}` must be \"client_credentials\" or \"refresh_token\""
+                ),
+            ));
+        }
+    };
+    // RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+    let scope_char = |b: u8| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b);
+    let mut scopes = Vec::with_capacity(raw.scopes.len());
+    for scope in &raw.scopes {
+        if scope.get_ref().is_empty() || !scope.get_ref().bytes().all(scope_char) {
+            return Err((
+                Some(scope.span()),
+                format!(
+                    "oauth2 scope `{}` must be one scope token: printable ASCII without spaces,                      `\"` or `\\` (list each scope separately)",
+                    scope.get_ref().escape_default()
+                ),
+            ));
+        }
+        scopes.push(scope.get_ref().clone());
+    }
+    let audience = match &raw.audience {
+        Some(a) if a.get_ref().is_empty() || a.get_ref().chars().any(char::is_control) => {
+            return Err((
+                Some(a.span()),
+                "oauth2 `audience` must be non-empty, without control characters".into(),
+            ));
+        }
+        a => a.as_ref().map(|a| a.get_ref().clone()),
+    };
+    let client_auth = match raw.client_auth.as_ref().map(|c| (c, c.get_ref().as_str())) {
+        None | Some((_, "basic")) => ClientAuth::Basic,
+        Some((_, "body")) => ClientAuth::Body,
+        Some((c, other)) => {
+            return Err((
+                Some(c.span()),
+                format!("oauth2 `client_auth` `{other}` must be \"basic\" or \"body\""),
+            ));
+        }
+    };
+    Ok(OAuth2Form {
+        token_url,
+        grant,
+        scopes,
+        audience,
+        client_auth,
     })
 }
 

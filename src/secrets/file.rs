@@ -614,6 +614,35 @@ impl SecretStore for FileStore {
         Ok(())
     }
 
+    fn replace(&self, id: &SecretId, current: &Secret, new: &Secret) -> Result<bool, SecretError> {
+        if new.is_empty() || new.len() > MAX_SECRET_LEN {
+            return Err(SecretError::InvalidValue {
+                id: id.clone(),
+                reason: format!("the value must be 1 to {MAX_SECRET_LEN} bytes"),
+            });
+        }
+        let mut replaced = false;
+        self.update(|records| {
+            let Some(record) = records.get_mut(id) else {
+                return Ok(false);
+            };
+            let plain = self
+                .unseal(&record.sealed, &record_aad(id, record.enabled))
+                .ok_or_else(|| self.tampered(id))?;
+            if Secret::new(plain.to_vec()) != *current {
+                return Ok(false);
+            }
+            record.sealed = self.seal(&record_aad(id, record.enabled), new.expose())?;
+            record.updated = SystemTime::now();
+            replaced = true;
+            Ok(true)
+        })?;
+        if replaced {
+            tracing::debug!(secret = %id, "secret replaced");
+        }
+        Ok(replaced)
+    }
+
     fn remove(&self, id: &SecretId) -> Result<(), SecretError> {
         self.update(|records| match records.remove(id) {
             Some(_) => Ok(true),

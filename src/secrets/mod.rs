@@ -384,6 +384,16 @@ pub trait SecretStore: Send + Sync + fmt::Debug {
         })
     }
 
+    /// Replaces the value of `id` with `new` only if it is still `current`, in one locked
+    /// write (compare-and-set): `Ok(false)` if another writer changed it first (or removed
+    /// it). Used to store a rotated OAuth2 refresh token without losing a concurrent change.
+    fn replace(&self, id: &SecretId, current: &Secret, new: &Secret) -> Result<bool, SecretError> {
+        let _ = (id, current, new);
+        Err(SecretError::ReadOnly {
+            backend: self.backend(),
+        })
+    }
+
     /// Deletes a secret; [`SecretError::NotFound`] if there is none.
     fn remove(&self, id: &SecretId) -> Result<(), SecretError> {
         let _ = id;

@@ -42,7 +42,15 @@ fn injected_by(form: &Inject, secret: &str) -> Injected {
         .into_parts()
         .0;
     let mut target = Target::parse("https://x.test/a").unwrap();
-    inject::inject(&mut parts, &mut target, form, &Secret::from_text(secret)).unwrap()
+    inject::inject(
+        &mut parts,
+        &mut target,
+        form,
+        &Secret::from_text(secret),
+        inject::Payload::Buffered(b""),
+        std::time::SystemTime::now(),
+    )
+    .unwrap()
 }
 
 /// `Authorization: Bearer <secret>`.

@@ -523,13 +523,15 @@ fn bad_inputs_are_refused_without_echoing_credentials() {
 /// check below rebuilds the canonical request by hand and runs the key derivation directly.
 #[test]
 fn inject_signs_a_bodyless_request_as_sent() {
-    use crate::inject::{InjectError, inject};
+    use crate::inject::{InjectError, Payload, inject};
     use crate::policy::{Inject, Target};
     use crate::secrets::Secret;
+    use std::time::SystemTime;
 
     let form = Inject::AwsSigv4 {
         region: "eu-west-1".into(),
         service: "s3".into(),
+        unsigned_payload: false,
     };
     let secret = Secret::from_text(
         r#"{"access_key_id":"AKIDTESTKEY","secret_access_key":"sEcReT/KeY+1","session_token":"TOKEN=="}"#,
@@ -543,7 +545,15 @@ fn inject_signs_a_bodyless_request_as_sent() {
         .unwrap()
         .into_parts()
         .0;
-    let injected = inject(&mut parts, &mut target, &form, &secret).unwrap();
+    let injected = inject(
+        &mut parts,
+        &mut target,
+        &form,
+        &secret,
+        Payload::Buffered(b""),
+        SystemTime::now(),
+    )
+    .unwrap();
 
     let h = |n: &str| parts.headers.get(n).unwrap().to_str().unwrap().to_owned();
     let date_time = h("x-amz-date");
@@ -607,19 +617,63 @@ fn inject_signs_a_bodyless_request_as_sent() {
     }
     assert_eq!(injected.raw(), Some(&b"sEcReT/KeY+1"[..]));
 
-    // A request that may have a body is left to the egress wiring (not yet done).
-    let mut parts = http::Request::post("https://x.test/")
+    // A body is hashed when buffered, and refused when it would stream.
+    let mut parts = http::Request::put("https://x.test/")
         .header("content-length", "5")
         .body(())
         .unwrap()
         .into_parts()
         .0;
-    let err = inject(&mut parts, &mut target, &form, &secret).unwrap_err();
+    inject(
+        &mut parts,
+        &mut target,
+        &form,
+        &secret,
+        Payload::Buffered(b"hello"),
+        SystemTime::now(),
+    )
+    .unwrap();
+    assert_eq!(
+        parts.headers.get("x-amz-content-sha256").unwrap(),
+        "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    );
+    let mut parts = http::Request::put("https://x.test/")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let err = inject(
+        &mut parts,
+        &mut target,
+        &form,
+        &secret,
+        Payload::Streaming,
+        SystemTime::now(),
+    )
+    .unwrap_err();
     assert!(
-        matches!(err, InjectError::BodyNotSupported("aws_sigv4")),
+        matches!(err, InjectError::BodyNotBuffered("aws_sigv4")),
         "{err}"
     );
     assert!(!parts.headers.contains_key("authorization"));
+    let unsigned = Inject::AwsSigv4 {
+        region: "eu-west-1".into(),
+        service: "s3".into(),
+        unsigned_payload: true,
+    };
+    inject(
+        &mut parts,
+        &mut target,
+        &unsigned,
+        &secret,
+        Payload::Streaming,
+        SystemTime::now(),
+    )
+    .unwrap();
+    assert_eq!(
+        parts.headers.get("x-amz-content-sha256").unwrap(),
+        UNSIGNED_PAYLOAD
+    );
 
     // A malformed credential is an error that quotes nothing of it.
     let mut parts = http::Request::get("https://x.test/")
@@ -628,7 +682,15 @@ fn inject_signs_a_bodyless_request_as_sent() {
         .into_parts()
         .0;
     let bad = Secret::from_text(r#"{"access_key_id":"CANARY","secret_access_key":7}"#);
-    let err = inject(&mut parts, &mut target, &form, &bad).unwrap_err();
+    let err = inject(
+        &mut parts,
+        &mut target,
+        &form,
+        &bad,
+        Payload::Buffered(b""),
+        SystemTime::now(),
+    )
+    .unwrap_err();
     assert!(matches!(err, InjectError::Signing("aws_sigv4", _)), "{err}");
     assert!(!err.to_string().contains("CANARY"), "{err}");
 }

@@ -1,0 +1,403 @@
+//! The `oauth2` inject form: the stored client credentials (and, for the `refresh_token`
+//! grant, the refresh token) are exchanged at the service's token endpoint for short-lived
+//! access tokens, which are cached and sent as `Authorization: Bearer`.
+//!
+//! [`Tokens`] is the cache: one slot per (credential, service), each behind an async lock so
+//! that one exchange is in flight per slot and concurrent callers wait for its result. The
+//! token request is built by [`token_request`] and the answer read by [`parse_response`], both
+//! pure; the caller (the egress pipeline) sends the request over the service's own connector,
+//! so the token endpoint gets the same TLS roots, SSRF guard and timeouts as the API.
+//!
+//! # Security
+//!
+//! - Slots are keyed by the whole [`SecretId`] (tenant, user for user-scoped credentials, name)
+//!   and the service, so one principal's token can never be handed to another.
+//! - A slot remembers a fingerprint of the stored value it was filled from: when an operator
+//!   replaces or a user reconnects the credential, cached tokens derived from the old value are
+//!   dropped. A disabled or removed credential is refused before the cache is consulted (the
+//!   pipeline resolves the credential first on every request).
+//! - A rotated refresh token is written back with a compare-and-set on the store, so a
+//!   concurrent change by an operator is never overwritten.
+//! - Errors carry the HTTP status and, when the endpoint sent one, the RFC 6749 error code if
+//!   it is one of the registered codes; never the endpoint's response body, which may echo
+//!   parameters.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, StatusCode, header};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::policy::ServiceName;
+use crate::policy::service::{ClientAuth, OAuth2Form, OAuth2Grant};
+use crate::secrets::{OAuth2Credentials, Secret, SecretId, SecretStore};
+
+/// The longest a token is used before its stated expiry.
+pub const SAFETY_MARGIN: Duration = Duration::from_secs(60);
+
+/// How long a token without `expires_in` is used before it is refreshed.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+
+/// The largest token endpoint response read.
+pub const MAX_RESPONSE: usize = 64 * 1024;
+
+/// The error codes of RFC 6749 (sections 4.1.2.1 and 5.2) that may be repeated to a caller:
+/// fixed words, unlike the rest of an error response.
+const REGISTERED_ERRORS: [&str; 8] = [
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "server_error",
+    "temporarily_unavailable",
+];
+
+/// Why no access token could be had. Never contains a credential, a token or the endpoint's
+/// response body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The stored credential is not usable for this grant.
+    #[error("{0}")]
+    Credential(String),
+    /// The token endpoint answered with an error status.
+    #[error(
+        "the token endpoint refused the {grant} grant (HTTP {status}{})",
+        code.map(|c| format!(", {c}")).unwrap_or_default()
+    )]
+    Rejected {
+        /// The grant that was refused.
+        grant: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// The registered OAuth2 error code, when the endpoint sent one.
+        code: Option<&'static str>,
+    },
+    /// The token endpoint answered 2xx with something that is not a usable token.
+    #[error("the token endpoint's answer is not a usable token: {0}")]
+    Malformed(&'static str),
+    /// The token endpoint could not be reached or did not answer in time.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// A token endpoint's successful answer.
+pub struct Grant {
+    /// The access token.
+    pub access_token: Secret,
+    /// How long it lives, when the endpoint said.
+    pub lifetime: Option<Duration>,
+    /// A new refresh token, when the endpoint rotated it.
+    pub refresh_token: Option<Secret>,
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("lifetime", &self.lifetime)
+            .field("rotated", &self.refresh_token.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the token request for `form` with `creds` (RFC 6749 sections 4.4 and 6).
+///
+/// # Security
+///
+/// The client secret and refresh token go only into this request, which is sent only to the
+/// form's `token_url`; the `Authorization` value is marked sensitive.
+pub fn token_request(
+    form: &OAuth2Form,
+    creds: &OAuth2Credentials,
+) -> Result<Request<Bytes>, TokenError> {
+    fn text<'a>(s: &'a Secret, what: &str) -> Result<&'a str, TokenError> {
+        s.expose_str().ok_or_else(|| {
+            TokenError::Credential(format!("the OAuth2 credential's `{what}` is not UTF-8"))
+        })
+    }
+    let mut body = form_urlencoded::Serializer::new(String::new());
+    body.append_pair("grant_type", form.grant.as_str());
+    if form.grant == OAuth2Grant::RefreshToken {
+        let refresh = creds.refresh_token.as_ref().ok_or_else(|| {
+            TokenError::Credential(
+                "the OAuth2 credential has no `refresh_token`, which the refresh_token grant needs"
+                    .into(),
+            )
+        })?;
+        body.append_pair("refresh_token", text(refresh, "refresh_token")?);
+    }
+    if !form.scopes.is_empty() {
+        body.append_pair("scope", &form.scopes.join(" "));
+    }
+    if let Some(audience) = &form.audience {
+        body.append_pair("audience", audience);
+    }
+    let id = text(&creds.client_id, "client_id")?;
+    let secret = text(&creds.client_secret, "client_secret")?;
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(form.token_url.to_string())
+        .header(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded; charset=utf-8",
+        )
+        .header(header::ACCEPT, "application/json");
+    match form.client_auth {
+        ClientAuth::Body => {
+            body.append_pair("client_id", id);
+            body.append_pair("client_secret", secret);
+        }
+        ClientAuth::Basic => {
+            // RFC 6749 section 2.3.1: each part form-urlencoded before Basic encoding.
+            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let pair = zeroize::Zeroizing::new(format!("{}:{}", enc(id), enc(secret)));
+            let value = zeroize::Zeroizing::new(format!("Basic {}", STANDARD.encode(&*pair)));
+            let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                TokenError::Credential("the OAuth2 client credentials are not header-safe".into())
+            })?;
+            value.set_sensitive(true);
+            req = req.header(header::AUTHORIZATION, value);
+        }
+    }
+    req.body(Bytes::from(body.finish())).map_err(|_| {
+        TokenError::Credential("the token request could not be built from the credential".into())
+    })
+}
+
+/// Reads the token endpoint's answer (RFC 6749 sections 5.1 and 5.2).
+pub fn parse_response(
+    grant: OAuth2Grant,
+    status: StatusCode,
+    body: &[u8],
+) -> Result<Grant, TokenError> {
+    let json: Option<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_slice(body).ok();
+    if !status.is_success() {
+        let code = json
+            .as_ref()
+            .and_then(|j| j.get("error"))
+            .and_then(|e| e.as_str())
+            .and_then(|e| REGISTERED_ERRORS.iter().copied().find(|c| *c == e));
+        return Err(TokenError::Rejected {
+            grant: grant.as_str(),
+            status: status.as_u16(),
+            code,
+        });
+    }
+    let json = json.ok_or(TokenError::Malformed("not a JSON object"))?;
+    let token = |field: &str| -> Result<Option<Secret>, TokenError> {
+        match json.get(field) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s))
+                if !s.is_empty() && s.bytes().all(|b| (0x21..0x7f).contains(&b)) =>
+            {
+                Ok(Some(Secret::from_text(s)))
+            }
+            Some(_) => Err(TokenError::Malformed(
+                "a token is not a non-empty string of visible ASCII",
+            )),
+        }
+    };
+    let access_token = token("access_token")?.ok_or(TokenError::Malformed("no `access_token`"))?;
+    match json.get("token_type").and_then(|t| t.as_str()) {
+        Some(t) if !t.eq_ignore_ascii_case("bearer") => {
+            return Err(TokenError::Malformed("`token_type` is not Bearer"));
+        }
+        _ => {}
+    }
+    let lifetime = match json.get("expires_in") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(Duration::from_secs),
+        Some(serde_json::Value::String(s)) => s.parse().ok().map(Duration::from_secs),
+        Some(_) => None,
+    };
+    Ok(Grant {
+        access_token,
+        lifetime,
+        refresh_token: token("refresh_token")?,
+    })
+}
+
+/// Until when a token that lives `lifetime` is used: its expiry less the safety margin, which
+/// is at most half its life.
+fn usable_until(now: Instant, lifetime: Option<Duration>) -> Instant {
+    let lifetime = lifetime.unwrap_or(DEFAULT_LIFETIME);
+    now + lifetime - SAFETY_MARGIN.min(lifetime / 2)
+}
+
+/// The credential with `refresh_token` replaced, as the JSON the store holds.
+fn with_refresh_token(creds: &OAuth2Credentials, refresh: &Secret) -> Option<Secret> {
+    #[derive(Serialize)]
+    struct Stored<'a> {
+        client_id: &'a str,
+        client_secret: &'a str,
+        refresh_token: &'a str,
+    }
+    let stored = Stored {
+        client_id: creds.client_id.expose_str()?,
+        client_secret: creds.client_secret.expose_str()?,
+        refresh_token: refresh.expose_str()?,
+    };
+    // Reserved up front (escaping at most sextuples a byte) so the buffer never reallocates
+    // and leaves a copy behind.
+    let len = stored.client_id.len() + stored.client_secret.len() + stored.refresh_token.len();
+    let mut out = Vec::with_capacity(6 * len + 64);
+    serde_json::to_writer(&mut out, &stored).ok()?;
+    Some(Secret::new(out))
+}
+
+fn fingerprint(value: &Secret) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, value.expose());
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Which cache slot: the credential's full id and the service using it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// The credential, in the verified principal's namespace.
+    pub id: SecretId,
+    /// The service whose token endpoint issued the token.
+    pub service: ServiceName,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Fingerprint of the stored value this slot was filled from.
+    source: Option<[u8; 32]>,
+    access: Option<(Secret, Instant)>,
+    /// A rotated credential that could not be written back yet; used instead of the stored
+    /// value while the store still holds the value it replaced.
+    rotated: Option<Secret>,
+}
+
+/// The access token cache. One per pipeline; see the module docs.
+pub struct Tokens {
+    store: Arc<dyn SecretStore>,
+    slots: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens").finish_non_exhaustive()
+    }
+}
+
+/// What [`Exchange::send`] returns.
+pub type Exchanged<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<(StatusCode, Bytes), TokenError>> + Send + 'a>>;
+
+/// Sends a token request and returns the status and (capped) body.
+pub trait Exchange: Sync {
+    /// Sends `req` to the token endpoint.
+    fn send(&self, req: Request<Bytes>) -> Exchanged<'_>;
+}
+
+impl Tokens {
+    /// An empty cache writing rotated refresh tokens back to `store`.
+    pub fn new(store: Arc<dyn SecretStore>) -> Self {
+        Self {
+            store,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// An access token for `key`, from the cache or from one exchange at the token endpoint.
+    ///
+    /// `stored` is the credential just read from the store for this request. `rejected` is a
+    /// token the upstream refused (401): if it is still the cached one, it is replaced; if
+    /// another caller replaced it meanwhile, that newer token is returned without a second
+    /// exchange.
+    pub async fn access_token(
+        &self,
+        key: &Key,
+        stored: &Secret,
+        form: &OAuth2Form,
+        rejected: Option<&Secret>,
+        exchange: &dyn Exchange,
+    ) -> Result<Secret, TokenError> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.entry(key.clone()).or_default().clone()
+        };
+        // Concurrent callers for this key queue here while one of them exchanges.
+        let mut slot = slot.lock().await;
+        let source = fingerprint(stored);
+        if slot.source != Some(source) {
+            // The stored credential changed (reconnected, replaced, or first use).
+            *slot = Slot {
+                source: Some(source),
+                ..Slot::default()
+            };
+        }
+        if let Some((token, until)) = &slot.access {
+            let refused = rejected.is_some_and(|r| r == token);
+            if !refused && Instant::now() < *until {
+                return Ok(token.clone());
+            }
+        }
+        slot.access = None;
+
+        let credential = slot.rotated.clone().unwrap_or_else(|| stored.clone());
+        let creds = OAuth2Credentials::parse(&credential).map_err(|e| {
+            TokenError::Credential(format!("the stored value is not an OAuth2 credential: {e}"))
+        })?;
+        let (status, body) = exchange.send(token_request(form, &creds)?).await?;
+        let grant = parse_response(form.grant, status, &body)?;
+        if let Some(new) = &grant.refresh_token
+            && creds.refresh_token.as_ref() != Some(new)
+        {
+            self.store_rotated(key, stored, &creds, new, &mut slot);
+        }
+        let until = usable_until(Instant::now(), grant.lifetime);
+        slot.access = Some((grant.access_token.clone(), until));
+        Ok(grant.access_token)
+    }
+
+    /// Writes a rotated refresh token back (compare-and-set against the value read for this
+    /// request); keeps it in the slot if that fails, so the next exchange still uses it.
+    fn store_rotated(
+        &self,
+        key: &Key,
+        stored: &Secret,
+        creds: &OAuth2Credentials,
+        refresh: &Secret,
+        slot: &mut Slot,
+    ) {
+        let Some(updated) = with_refresh_token(creds, refresh) else {
+            tracing::error!(credential = %key.id, service = %key.service,
+                "the rotated refresh token is not UTF-8 and cannot be stored");
+            return;
+        };
+        match self.store.replace(&key.id, stored, &updated) {
+            Ok(true) => {
+                slot.source = Some(fingerprint(&updated));
+                slot.rotated = None;
+                tracing::info!(credential = %key.id, service = %key.service,
+                    "stored the rotated OAuth2 refresh token");
+            }
+            Ok(false) => {
+                slot.rotated = Some(updated);
+                tracing::warn!(credential = %key.id, service = %key.service,
+                    "the credential changed in the store during a refresh (another writer?); \
+                     the rotated refresh token is kept in memory only");
+            }
+            Err(e) => {
+                slot.rotated = Some(updated);
+                tracing::error!(credential = %key.id, service = %key.service, error = %e,
+                    "the rotated refresh token could not be stored; it is kept in memory only");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
