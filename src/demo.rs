@@ -9,7 +9,8 @@
 //!
 //! The story: tool calls through the API as alice, bob (acme) and carol (globex), each
 //! carrying only that user's (or tenant's) credential; carol denied acme's data with the
-//! reason; the hostile fixture failing at every escape and limit; the forward proxy used by a
+//! reason; an OAuth2 credential exchanged, cached per user and refreshed after a 401 behind the
+//! calendar tool's back; the hostile fixture failing at every escape and limit; the forward proxy used by a
 //! separate process (curl, when installed); the audit log verified.
 
 use std::convert::Infallible;
@@ -35,8 +36,12 @@ use crate::serve::{Options, Sidecar};
 use crate::state::StateDir;
 
 /// The example policy, embedded so the demo needs no files.
-const SERVICES: [(&str, &str); 3] = [
+const SERVICES: [(&str, &str); 4] = [
     ("github", include_str!("../policies/services/github.toml")),
+    (
+        "google_calendar",
+        include_str!("../policies/services/google_calendar.toml"),
+    ),
     ("slack", include_str!("../policies/services/slack.toml")),
     ("weather", include_str!("../policies/services/weather.toml")),
 ];
@@ -47,7 +52,12 @@ const TENANTS: [(&str, &str); 2] = [
 /// The example tools (those the example policy names), embedded — manifest and component — so
 /// the demo needs no files; `.ci/run` rebuilds the components from source before the tests run
 /// the demo.
-const TOOLS: [(&str, &str, &[u8]); 6] = [
+const TOOLS: [(&str, &str, &[u8]); 7] = [
+    (
+        "calendar",
+        include_str!("../fixtures/tools/calendar/tool.toml"),
+        include_bytes!("../fixtures/tools/calendar/calendar.wasm"),
+    ),
     (
         "echo",
         include_str!("../fixtures/tools/echo/tool.toml"),
@@ -80,7 +90,12 @@ const TOOLS: [(&str, &str, &[u8]); 6] = [
     ),
 ];
 /// The origins the mock API answers for, reached through `--connect-to`.
-const ORIGINS: [&str; 2] = ["https://api.github.com", "https://slack.com"];
+const ORIGINS: [&str; 4] = [
+    "https://api.github.com",
+    "https://slack.com",
+    "https://www.googleapis.com",
+    "https://oauth2.googleapis.com",
+];
 
 /// Demo credentials: distinct per user and tenant, so a mix-up would show.
 const SEEDS: [(&str, &str); 5] = [
@@ -90,6 +105,21 @@ const SEEDS: [(&str, &str); 5] = [
     ("acme/slack_bot_token", "xoxb-demo-ACME-bot-8c9d0e1f"),
     ("globex/slack_bot_token", "xoxb-demo-GLOBEX-bot-3d4e5f6a"),
 ];
+
+/// The demo OAuth2 app's client secret, and each user's refresh token from the consent flow.
+const GOOGLE_CLIENT_SECRET: &str = "GOCSPX-demo-client-secret-5e6f";
+const GOOGLE_REFRESH: [(&str, &str); 2] = [
+    ("alice", "1//demo-refresh-ALICE-7a8b9c"),
+    ("bob", "1//demo-refresh-BOB-0d1e2f"),
+];
+
+/// Every demo secret value, for the checks that nothing leaked.
+fn demo_secrets() -> Vec<&'static str> {
+    let mut all: Vec<&str> = SEEDS.iter().map(|(_, s)| *s).collect();
+    all.push(GOOGLE_CLIENT_SECRET);
+    all.extend(GOOGLE_REFRESH.iter().map(|(_, r)| *r));
+    all
+}
 
 /// Why the demo could not run at all (as opposed to an expectation failing).
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +270,62 @@ pub async fn run() -> Result<bool, DemoError> {
     );
 
     say(
+        "a computed credential",
+        "the calendar tool reads Google Calendar with each user's OAuth2 grant; behalf turns \
+         the stored refresh token into access tokens, and the tool never sees any of them",
+    );
+    let before = mock.seen().len();
+    let (status, body) = api.invoke(&alice, "calendar", r#"{"max": 2}"#).await;
+    let got = mock.seen().get(before).cloned().unwrap_or_default();
+    let text = body.to_string();
+    let clean = |text: &str| {
+        demo_secrets().iter().all(|s| !text.contains(s))
+            && mock.issued().iter().all(|t| !text.contains(t))
+    };
+    ok &= check(
+        "alice asks the calendar tool for her next events",
+        status == 200
+            && body["output"]["body"]["summary"] == "alice@acme.example"
+            && mock.exchanges("alice") == 1
+            && got.starts_with("Bearer ya29.demo-alice-")
+            && clean(&text),
+        &format!(
+            "behalf exchanged alice's refresh token at the token endpoint (1 exchange) and sent \
+             `Authorization: {}…`; the tool got her events and no token",
+            got.get(..20).unwrap_or(&got)
+        ),
+    );
+    let (status_a, body_a) = api.invoke(&alice, "calendar", "{}").await;
+    let (status_b, body_b) = api.invoke(&bob, "calendar", "{}").await;
+    ok &= check(
+        "alice asks again, and bob asks for his",
+        status_a == 200
+            && status_b == 200
+            && body_a["output"]["body"]["summary"] == "alice@acme.example"
+            && body_b["output"]["body"]["summary"] == "bob@acme.example"
+            && mock.exchanges("alice") == 1
+            && mock.exchanges("bob") == 1,
+        "alice's cached access token was reused (still 1 exchange); bob got his own, from his \
+         own refresh token: a token is cached per user and service, never shared",
+    );
+    let revoked = {
+        let mut google = mock.google();
+        std::mem::take(&mut google.live).len()
+    };
+    let (status, body) = api.invoke(&alice, "calendar", "{}").await;
+    ok &= check(
+        "the calendar API revokes every access token; alice asks once more",
+        status == 200
+            && body["output"]["body"]["summary"] == "alice@acme.example"
+            && mock.exchanges("alice") == 2
+            && clean(&body.to_string()),
+        &format!(
+            "the API answered 401 to the cached token ({revoked} revoked); behalf refreshed it \
+             behind the tool's back and retried once: the tool saw only her events"
+        ),
+    );
+
+    say(
         "a malicious tool",
         "the hostile fixture tries every escape, as alice",
     );
@@ -260,7 +346,7 @@ pub async fn run() -> Result<bool, DemoError> {
             && attempts > 20
             && escaped.is_empty()
             && mock.seen().len() == before
-            && SEEDS.iter().all(|(_, s)| !text.contains(s)),
+            && demo_secrets().iter().all(|s| !text.contains(s)),
         &format!(
             "{attempts} attempts, {} escaped{}; {} requests denied by policy; it saw only its \
              own name, invocation id and empty /state, and no secret",
@@ -358,7 +444,9 @@ pub async fn run() -> Result<bool, DemoError> {
     let text = read_audit(&state_path);
     ok &= check(
         "the audit log verifies and holds no secret",
-        verified.is_ok() && SEEDS.iter().all(|(_, s)| !text.contains(s)),
+        verified.is_ok()
+            && demo_secrets().iter().all(|s| !text.contains(s))
+            && mock.issued().iter().all(|t| !text.contains(t)),
         &match &verified {
             Ok(r) => format!(
                 "{} HMAC-chained records, one per decision (tool invocations and each request \
@@ -497,6 +585,17 @@ fn seed(policies: &Path, state: &StateDir) -> Result<(), DemoError> {
         let id: SecretId = SecretId::parse(id).map_err(fail)?;
         store.set(&id, &Secret::from_text(value)).map_err(fail)?;
     }
+    for (user, refresh) in GOOGLE_REFRESH {
+        let id = SecretId::parse(&format!("acme/{user}/google")).map_err(fail)?;
+        let value = serde_json::json!({
+            "client_id": "demo-app.apps.googleusercontent.com",
+            "client_secret": GOOGLE_CLIENT_SECRET,
+            "refresh_token": refresh,
+        });
+        store
+            .set(&id, &Secret::from_text(&value.to_string()))
+            .map_err(fail)?;
+    }
     Ok(())
 }
 
@@ -506,6 +605,71 @@ struct Mock {
     addr: SocketAddr,
     ca_pem: String,
     seen: Arc<Mutex<Vec<String>>>,
+    oauth: Arc<Mutex<OAuthServer>>,
+}
+
+/// The mock Google: a token endpoint that exchanges refresh tokens for access tokens, and a
+/// calendar API that accepts only live access tokens.
+#[derive(Default)]
+struct OAuthServer {
+    /// Each exchange, by the user whose refresh token it used.
+    exchanges: Vec<String>,
+    /// Live access tokens and their users.
+    live: Vec<(String, String)>,
+    /// Every access token ever issued.
+    issued: Vec<String>,
+}
+
+impl OAuthServer {
+    /// `POST /token` with `grant_type=refresh_token`.
+    fn token(&mut self, client_auth: &str, form: &[u8]) -> (u16, serde_json::Value) {
+        use base64::Engine;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "demo-app.apps.googleusercontent.com:{GOOGLE_CLIENT_SECRET}"
+        ));
+        let params: Vec<(String, String)> = form_urlencoded::parse(form).into_owned().collect();
+        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let user = GOOGLE_REFRESH
+            .iter()
+            .find(|(_, r)| param("refresh_token") == Some(r))
+            .map(|(u, _)| *u);
+        let (Some(user), true, Some("refresh_token")) = (
+            user,
+            client_auth == format!("Basic {basic}"),
+            param("grant_type"),
+        ) else {
+            return (400, serde_json::json!({"error": "invalid_grant"}));
+        };
+        self.exchanges.push(user.to_owned());
+        let token = format!("ya29.demo-{user}-{}", self.issued.len() + 1);
+        self.live.push((token.clone(), user.to_owned()));
+        self.issued.push(token.clone());
+        (
+            200,
+            serde_json::json!({"access_token": token, "token_type": "Bearer", "expires_in": 3599}),
+        )
+    }
+
+    /// `GET /calendar/v3/calendars/primary/events` with a bearer token.
+    fn events(&self, authorization: &str) -> (u16, serde_json::Value) {
+        let token = authorization.strip_prefix("Bearer ").unwrap_or("");
+        match self.live.iter().find(|(t, _)| t == token) {
+            Some((_, user)) => (
+                200,
+                serde_json::json!({
+                    "summary": format!("{user}@acme.example"),
+                    "items": [
+                        {"summary": format!("1:1 with {user}'s manager"), "start": {"dateTime": "2026-12-01T10:00:00Z"}},
+                        {"summary": "Design review", "start": {"dateTime": "2026-12-01T14:00:00Z"}},
+                    ],
+                }),
+            ),
+            None => (
+                401,
+                serde_json::json!({"error": {"code": 401, "message": "Invalid Credentials"}}),
+            ),
+        }
+    }
 }
 
 impl Mock {
@@ -541,16 +705,19 @@ impl Mock {
         let listener = TcpListener::bind("127.0.0.1:0").await.map_err(fail)?;
         let addr = listener.local_addr().map_err(fail)?;
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let oauth = Arc::new(Mutex::new(OAuthServer::default()));
         let recorded = seen.clone();
+        let google = oauth.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, recorded) = (acceptor.clone(), recorded.clone());
+                let (acceptor, recorded, google) =
+                    (acceptor.clone(), recorded.clone(), google.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let recorded = recorded.clone();
+                        let (recorded, google) = (recorded.clone(), google.clone());
                         async move {
                             let auth = req
                                 .headers()
@@ -558,18 +725,45 @@ impl Mock {
                                 .and_then(|v| v.to_str().ok())
                                 .unwrap_or("")
                                 .to_owned();
-                            recorded
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .push(auth.clone());
-                            let body = serde_json::json!({
-                                "ok": true,
-                                "path": req.uri().path(),
-                                "you_sent_authorization": auth,
-                            });
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
-                                body.to_string(),
-                            ))))
+                            let host = req
+                                .headers()
+                                .get(http::header::HOST)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned();
+                            let path = req.uri().path().to_owned();
+                            let form = req.into_body().collect().await.map(|b| b.to_bytes());
+                            let lock = || google.lock().unwrap_or_else(|e| e.into_inner());
+                            let (status, body) = match host.as_str() {
+                                // The token endpoint's caller is behalf, not the tool: not
+                                // recorded as something the API saw.
+                                "oauth2.googleapis.com" => {
+                                    lock().token(&auth, &form.unwrap_or_default())
+                                }
+                                "www.googleapis.com" => {
+                                    recorded
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .push(auth.clone());
+                                    lock().events(&auth)
+                                }
+                                _ => {
+                                    recorded
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .push(auth.clone());
+                                    let body = serde_json::json!({
+                                        "ok": true,
+                                        "path": path,
+                                        "you_sent_authorization": auth,
+                                    });
+                                    (200, body)
+                                }
+                            };
+                            let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+                            *resp.status_mut() = http::StatusCode::from_u16(status)
+                                .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+                            Ok::<_, Infallible>(resp)
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -582,11 +776,26 @@ impl Mock {
             addr,
             ca_pem: ca_cert.pem(),
             seen,
+            oauth,
         })
     }
 
     fn seen(&self) -> Vec<String> {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn google(&self) -> std::sync::MutexGuard<'_, OAuthServer> {
+        self.oauth.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many token exchanges used `user`'s refresh token.
+    fn exchanges(&self, user: &str) -> usize {
+        self.google().exchanges.iter().filter(|u| *u == user).count()
+    }
+
+    /// Every access token issued so far.
+    fn issued(&self) -> Vec<String> {
+        self.google().issued.clone()
     }
 }
 

@@ -37,6 +37,18 @@ fn the_demo_runs_end_to_end_and_every_expectation_holds() {
             "globex's bot token (scope tenant)",
         ),
         (
+            "✓ alice asks the calendar tool for her next events",
+            "(1 exchange) and sent `Authorization: Bearer ya29.demo-ali…`",
+        ),
+        (
+            "✓ alice asks again, and bob asks for his",
+            "reused (still 1 exchange); bob got his own",
+        ),
+        (
+            "✓ the calendar API revokes every access token",
+            "refreshed it behind the tool's back and retried once",
+        ),
+        (
             "✓ hostile reads env and files",
             " 0 escaped; 16 requests denied by policy",
         ),
@@ -81,6 +93,9 @@ fn the_demo_runs_end_to_end_and_every_expectation_holds() {
     for secret in [
         "ghp_demo_ALICE_0a1b2c3d4e5f",
         "xoxb-demo-GLOBEX-bot-3d4e5f6a",
+        "GOCSPX-demo-client-secret-5e6f",
+        "1//demo-refresh-ALICE-7a8b9c",
+        "ya29.demo-alice-1",
     ] {
         assert!(
             !stdout.contains(secret) && !stderr.contains(secret),
