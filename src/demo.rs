@@ -790,7 +790,11 @@ impl Mock {
 
     /// How many token exchanges used `user`'s refresh token.
     fn exchanges(&self, user: &str) -> usize {
-        self.google().exchanges.iter().filter(|u| *u == user).count()
+        self.google()
+            .exchanges
+            .iter()
+            .filter(|u| *u == user)
+            .count()
     }
 
     /// Every access token issued so far.

@@ -805,6 +805,18 @@ fn parse_inject(raw: &RawInject) -> Result<Inject, InjectError> {
         .aws_sigv4
         .as_ref()
         .expect("exactly one form is set and every other form returned above");
+    // Only S3 accepts `UNSIGNED-PAYLOAD` (announced in `X-Amz-Content-Sha256`); every other
+    // service hashes the body itself and would reject the signature.
+    if s.unsigned_payload && s.service != "s3" {
+        return Err((
+            None,
+            format!(
+                "aws_sigv4 `unsigned_payload = true` is only accepted by S3, not `{}`: remove it \
+                 (the body is then hashed and signed)",
+                s.service
+            ),
+        ));
+    }
     Ok(Inject::AwsSigv4 {
         region: s.region.clone(),
         service: s.service.clone(),
@@ -1168,8 +1180,132 @@ mod tests {
         assert!(Service::parse(&file, std::path::Path::new("."), &mut diags).is_err());
         let diags = diags.into_sorted();
         assert!(
-            diags[0].message.contains("{ aws_sigv4 } or { hmac }"),
+            diags[0].message.contains("{ hmac } or { oauth2 }"),
             "{diags:?}"
+        );
+    }
+
+    /// Parses a service whose `inject` is `inject`, with extra top-level keys `extra`.
+    fn parse_inject(inject: &str, extra: &str) -> Result<Service, Vec<Diagnostic>> {
+        let file = SourceFile::new(
+            "policies/services/crm.toml",
+            format!(
+                "[service]\nname = \"crm\"\norigins = [\"https://api.crm.test\"]\n\
+                 credential = {{ name = \"crm\", scope = \"user\" }}\ninject = {inject}\n{extra}"
+            ),
+        );
+        let mut diags = Diagnostics::default();
+        match Service::parse(&file, std::path::Path::new("."), &mut diags) {
+            Ok(s) if !diags.has_errors() => Ok(s),
+            _ => Err(diags.into_sorted()),
+        }
+    }
+
+    fn first_error(inject: &str, extra: &str) -> String {
+        let diags = parse_inject(inject, extra).expect_err("should be rejected");
+        assert_eq!(diags[0].at.line, 5, "{diags:?}");
+        diags[0].message.clone()
+    }
+
+    #[test]
+    fn oauth2_form_parses_with_defaults_and_options() {
+        let s = parse_inject(
+            r#"{ oauth2 = { token_url = "https://auth.crm.test/oauth/token", grant = "refresh_token" } }"#,
+            "",
+        )
+        .unwrap();
+        let Some(Inject::OAuth2(o)) = &s.inject else {
+            panic!("expected oauth2, got {:?}", s.inject)
+        };
+        assert_eq!(o.token_url.to_string(), "https://auth.crm.test/oauth/token");
+        assert_eq!(o.grant, OAuth2Grant::RefreshToken);
+        assert_eq!(o.client_auth, ClientAuth::Basic);
+        assert!(o.scopes.is_empty() && o.audience.is_none());
+        assert!(!s.inject.as_ref().unwrap().signs_body());
+
+        let s = parse_inject(
+            r#"{ oauth2 = { token_url = "https://auth.crm.test/t", grant = "client_credentials", scopes = ["a:read", "b"], audience = "https://api.crm.test", client_auth = "body" } }"#,
+            "",
+        )
+        .unwrap();
+        let Some(Inject::OAuth2(o)) = &s.inject else {
+            panic!("expected oauth2")
+        };
+        assert_eq!(o.grant, OAuth2Grant::ClientCredentials);
+        assert_eq!(o.scopes, ["a:read", "b"]);
+        assert_eq!(o.audience.as_deref(), Some("https://api.crm.test"));
+        assert_eq!(o.client_auth, ClientAuth::Body);
+    }
+
+    #[test]
+    fn oauth2_errors_name_the_key() {
+        let form = |body: &str| format!("{{ oauth2 = {{ {body} }} }}");
+        let base = r#"token_url = "https://auth.crm.test/t", grant = "refresh_token""#;
+        for (body, phrase) in [
+            (
+                base.replace("refresh_token", "password"),
+                "`grant` `password` must be \"client_credentials\" or \"refresh_token\"",
+            ),
+            (
+                format!("{base}, scopes = [\"a b\"]"),
+                "scope `a b` must be one scope token",
+            ),
+            (
+                format!("{base}, client_auth = \"jwt\""),
+                "`client_auth` `jwt` must be \"basic\" or \"body\"",
+            ),
+            (
+                base.replace("https://auth.crm.test/t", "not a url"),
+                "`token_url` `not a url` is not a valid URL",
+            ),
+            (
+                base.replace("https://", "http://"),
+                "is plain http: the client secret and tokens would cross the network",
+            ),
+            (
+                format!("{base}, audience = \"\""),
+                "`audience` must be non-empty",
+            ),
+            (
+                r#"grant = "refresh_token""#.to_owned(),
+                "missing field `token_url`",
+            ),
+        ] {
+            let message = first_error(&form(&body), "");
+            assert!(
+                message.contains(phrase),
+                "{body}: `{message}` should contain {phrase:?}"
+            );
+        }
+        // Plain http is allowed when the service says so.
+        parse_inject(
+            &form(&base.replace("https://", "http://")),
+            "allow_plaintext = true",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn unsigned_payload_is_for_s3_only() {
+        let s = parse_inject(
+            r#"{ aws_sigv4 = { region = "eu-west-1", service = "s3", unsigned_payload = true } }"#,
+            "",
+        )
+        .unwrap();
+        assert!(!s.inject.as_ref().unwrap().signs_body());
+        let s = parse_inject(
+            r#"{ aws_sigv4 = { region = "eu-west-1", service = "dynamodb" } }"#,
+            "",
+        )
+        .unwrap();
+        assert!(s.inject.as_ref().unwrap().signs_body());
+        let message = first_error(
+            r#"{ aws_sigv4 = { region = "eu-west-1", service = "dynamodb", unsigned_payload = true } }"#,
+            "",
+        );
+        assert!(
+            message.contains("only accepted by S3, not `dynamodb`"),
+            "{message}"
         );
     }
 }

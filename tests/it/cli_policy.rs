@@ -188,7 +188,11 @@ fn check_accepts_the_shipped_policies_and_summarises_them() {
     );
 
     let services = section_names(&run.stdout, "services (");
-    assert_eq!(services, ["github", "slack", "weather"], "services\n{run}");
+    assert_eq!(
+        services,
+        ["github", "google_calendar", "slack", "weather"],
+        "services\n{run}"
+    );
     let tenants = section_names(&run.stdout, "tenants (");
     assert_eq!(tenants, ["acme", "globex"], "tenants\n{run}");
 

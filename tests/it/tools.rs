@@ -488,6 +488,7 @@ async fn the_tool_list_is_per_principal() {
         (
             &h.alice,
             vec![
+                "calendar",
                 "echo",
                 "github_issues",
                 "hostile",
@@ -499,6 +500,7 @@ async fn the_tool_list_is_per_principal() {
         (
             &h.bob,
             vec![
+                "calendar",
                 "echo",
                 "github_issues",
                 "hostile",
@@ -507,7 +509,10 @@ async fn the_tool_list_is_per_principal() {
                 "weather",
             ],
         ),
-        (&h.dave, vec!["echo", "hostile", "notes", "weather"]),
+        (
+            &h.dave,
+            vec!["calendar", "echo", "hostile", "notes", "weather"],
+        ),
         (
             &h.carol,
             vec!["echo", "github_issues", "notes", "slack_post"],
