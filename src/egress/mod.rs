@@ -513,19 +513,29 @@ impl Egress {
             timeout: self.limits.upstream_timeout,
             origin: &oauth2.token_url.origin,
         };
-        let token = self
+        let issued = self
             .tokens
             .access_token(&key, stored, oauth2, rejected, &endpoint)
             .await
             .map_err(|e| token_error(e, service, &key, unusable))?;
-        let mut injected = inject::inject(parts, target, form, &token, payload, SystemTime::now())
-            .map_err(|e| unusable(e.to_string()))?;
+        let mut injected = inject::inject(
+            parts,
+            target,
+            form,
+            &issued.access_token,
+            payload,
+            SystemTime::now(),
+        )
+        .map_err(|e| unusable(e.to_string()))?;
         // Never sent upstream, but scrubbed like any injected form should one come back.
         if let Ok(creds) = OAuth2Credentials::parse(stored) {
             injected.also(creds.client_secret.expose());
             if let Some(refresh) = &creds.refresh_token {
                 injected.also(refresh.expose());
             }
+        }
+        if let Some(rotated) = &issued.refresh_token {
+            injected.also(rotated.expose());
         }
         Ok(injected)
     }

@@ -40,7 +40,8 @@ use crate::secrets::{OAuth2Credentials, Secret, SecretId, SecretStore};
 /// The longest a token is used before its stated expiry.
 pub const SAFETY_MARGIN: Duration = Duration::from_secs(60);
 
-/// How long a token without `expires_in` is used before it is refreshed.
+/// The lifetime assumed for a token without `expires_in` (it is used for this less the
+/// safety margin).
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 
 /// The largest token endpoint response read.
@@ -104,6 +105,21 @@ impl std::fmt::Debug for Grant {
             .field("lifetime", &self.lifetime)
             .field("rotated", &self.refresh_token.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// What [`Tokens::access_token`] hands out for one request.
+pub struct Issued {
+    /// The access token to send.
+    pub access_token: Secret,
+    /// A refresh token the endpoint rotated in the exchange for this request (already stored),
+    /// so that it is scrubbed from this request's response too.
+    pub refresh_token: Option<Secret>,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Issued(***)")
     }
 }
 
@@ -323,14 +339,22 @@ impl Tokens {
         form: &OAuth2Form,
         rejected: Option<&Secret>,
         exchange: &dyn Exchange,
-    ) -> Result<Secret, TokenError> {
+    ) -> Result<Issued, TokenError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             slots.entry(key.clone()).or_default().clone()
         };
         // Concurrent callers for this key queue here while one of them exchanges.
         let mut slot = slot.lock().await;
-        let source = fingerprint(stored);
+        let mut current = stored.clone();
+        if slot.source.is_some_and(|s| s != fingerprint(stored)) {
+            // Read before the caller queued: the exchange it waited for may have rotated the
+            // refresh token since. What the store holds now decides.
+            if let Ok(Some(fresh)) = self.store.get(&key.id.namespace, &key.id.name) {
+                current = fresh;
+            }
+        }
+        let source = fingerprint(&current);
         if slot.source != Some(source) {
             // The stored credential changed (reconnected, replaced, or first use).
             *slot = Slot {
@@ -341,25 +365,33 @@ impl Tokens {
         if let Some((token, until)) = &slot.access {
             let refused = rejected.is_some_and(|r| r == token);
             if !refused && Instant::now() < *until {
-                return Ok(token.clone());
+                return Ok(Issued {
+                    access_token: token.clone(),
+                    refresh_token: None,
+                });
             }
         }
         slot.access = None;
 
-        let credential = slot.rotated.clone().unwrap_or_else(|| stored.clone());
+        let credential = slot.rotated.clone().unwrap_or_else(|| current.clone());
         let creds = OAuth2Credentials::parse(&credential).map_err(|e| {
             TokenError::Credential(format!("the stored value is not an OAuth2 credential: {e}"))
         })?;
         let (status, body) = exchange.send(token_request(form, &creds)?).await?;
         let grant = parse_response(form.grant, status, &body)?;
+        let mut rotated = None;
         if let Some(new) = &grant.refresh_token
             && creds.refresh_token.as_ref() != Some(new)
         {
-            self.store_rotated(key, stored, &creds, new, &mut slot);
+            self.store_rotated(key, &current, &creds, new, &mut slot);
+            rotated = Some(new.clone());
         }
         let until = usable_until(Instant::now(), grant.lifetime);
         slot.access = Some((grant.access_token.clone(), until));
-        Ok(grant.access_token)
+        Ok(Issued {
+            access_token: grant.access_token,
+            refresh_token: rotated,
+        })
     }
 
     /// Writes a rotated refresh token back (compare-and-set against the value read for this

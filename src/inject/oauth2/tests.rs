@@ -226,6 +226,7 @@ async fn tokens_are_cached_until_the_margin_and_shared_by_concurrent_callers() {
                 .access_token(&key("alice"), &stored, &f, None, &*endpoint)
                 .await
                 .unwrap()
+                .access_token
         }));
     }
     for t in tasks {
@@ -242,20 +243,23 @@ async fn tokens_are_cached_until_the_margin_and_shared_by_concurrent_callers() {
     let t = tokens
         .access_token(&key("alice"), &stored, &f, None, &*endpoint)
         .await
-        .unwrap();
+        .unwrap()
+        .access_token;
     assert_eq!(t.expose(), b"AT1");
     tokio::time::advance(Duration::from_secs(2)).await;
     let t = tokens
         .access_token(&key("alice"), &stored, &f, None, &*endpoint)
         .await
-        .unwrap();
+        .unwrap()
+        .access_token;
     assert_eq!(t.expose(), b"AT2");
 
     // Another user's slot is another token.
     let t = tokens
         .access_token(&key("bob"), &stored, &f, None, &*endpoint)
         .await
-        .unwrap();
+        .unwrap()
+        .access_token;
     assert_eq!(t.expose(), b"AT3");
 }
 
@@ -269,17 +273,20 @@ async fn a_rejected_token_is_replaced_once() {
     let first = tokens
         .access_token(&key("alice"), &stored, &f, None, &endpoint)
         .await
-        .unwrap();
+        .unwrap()
+        .access_token;
     let second = tokens
         .access_token(&key("alice"), &stored, &f, Some(&first), &endpoint)
         .await
-        .unwrap();
+        .unwrap()
+        .access_token;
     assert_eq!(second.expose(), b"AT2");
     // A caller still holding the first token gets the second without another exchange.
     let third = tokens
         .access_token(&key("alice"), &stored, &f, Some(&first), &endpoint)
         .await
-        .unwrap();
+        .unwrap()
+        .access_token;
     assert_eq!(third.expose(), b"AT2");
     assert_eq!(endpoint.calls(), 2);
 }
@@ -293,12 +300,12 @@ async fn a_changed_credential_drops_its_cached_token() {
     let t = tokens
         .access_token(&key("alice"), &creds(Some("R1")), &f, None, &endpoint)
         .await;
-    assert_eq!(t.unwrap().expose(), b"AT1");
+    assert_eq!(t.unwrap().access_token.expose(), b"AT1");
     let t = tokens
         .access_token(&key("alice"), &creds(Some("R9")), &f, None, &endpoint)
         .await;
     assert_eq!(
-        t.unwrap().expose(),
+        t.unwrap().access_token.expose(),
         b"AT2",
         "a reconnected account gets a fresh token"
     );
@@ -327,13 +334,26 @@ async fn a_rotated_refresh_token_is_stored_with_compare_and_set() {
     });
     let f = form(OAuth2Grant::RefreshToken, ClientAuth::Basic);
     let read = || store.get(&id.namespace, &id.name).unwrap().unwrap();
-    tokens
-        .access_token(&key("alice"), &read(), &f, None, &endpoint)
+    let before = read();
+    let issued = tokens
+        .access_token(&key("alice"), &before, &f, None, &endpoint)
         .await
         .unwrap();
+    assert_eq!(
+        issued.refresh_token.unwrap().expose(),
+        b"R2",
+        "returned for scrubbing"
+    );
     let now = OAuth2Credentials::parse(&read()).unwrap();
     assert_eq!(now.refresh_token.unwrap().expose(), b"R2");
     assert_eq!(now.client_secret.expose(), b"s&c/r=t");
+    // A caller that read the credential before that rotation (it queued behind the exchange)
+    // gets the fresh token, not a second exchange with the spent refresh token.
+    let t = tokens
+        .access_token(&key("alice"), &before, &f, None, &endpoint)
+        .await;
+    assert_eq!(t.unwrap().access_token.expose(), b"AT1");
+    assert_eq!(endpoint.calls(), 1);
     tokio::time::advance(Duration::from_secs(2)).await;
     tokens
         .access_token(&key("alice"), &read(), &f, None, &endpoint)
@@ -393,5 +413,5 @@ async fn endpoint_errors_leave_nothing_cached() {
     let t = tokens
         .access_token(&key("alice"), &creds(Some("R1")), &f, None, &endpoint)
         .await;
-    assert_eq!(t.unwrap().expose(), b"AT2");
+    assert_eq!(t.unwrap().access_token.expose(), b"AT2");
 }

@@ -1272,6 +1272,10 @@ impl SecretStore for SpyStore {
     fn list(&self, tenant: Option<&TenantId>) -> Result<Vec<SecretInfo>, SecretError> {
         self.inner.list(tenant)
     }
+
+    fn replace(&self, id: &SecretId, current: &Secret, new: &Secret) -> Result<bool, SecretError> {
+        self.inner.replace(id, current, new)
+    }
 }
 
 // === hyper client through the proxy ===
@@ -1588,4 +1592,87 @@ pub fn copy_dir(from: &Path, to: &Path) {
 /// The header values a bearer credential shows up as.
 pub fn bearer(secret: &str) -> Vec<String> {
     vec![format!("Bearer {secret}")]
+}
+
+// === restarting a harness ===
+
+impl Harness {
+    /// Stops this harness's sidecar (its proxy and pipeline, which releases the audit log's
+    /// lock) and opens a fresh one on the same policies and state directories, serving the
+    /// proxy on a new port ([`Harness::proxy_addr`] changes). Nothing held in memory survives
+    /// (token caches, pooled connections); everything on disk does (secrets, audit chain, CA).
+    /// `connect_to` are the extra overrides the harness was started with
+    /// ([`Config::connect_to`]). Needs a harness started without [`Config::spy_secrets`].
+    pub async fn restart(&mut self, connect_to: &[(String, SocketAddr)]) {
+        assert!(
+            self.spy.is_none(),
+            "restart needs a sidecar opened by Sidecar::open"
+        );
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.proxy_task.abort();
+        let _ = (&mut self.proxy_task).await;
+        // `egress` must hold some pipeline while the old one goes: a throwaway one over a
+        // scratch state dir (its own audit log), replaced below.
+        let scratch = StateDir::open(&self.tmp.path().join("restart-scratch")).unwrap();
+        let policy = Arc::new(PolicySet::load(&self.policies).unwrap_or_else(|e| panic!("{e}")));
+        let store = secrets::open_store(policy.settings(), &self.state).unwrap();
+        let scratch_audit = AuditLog::open(&scratch, 1 << 20).unwrap();
+        let placeholder = Egress::new(
+            policy,
+            Arc::from(store),
+            scratch_audit,
+            self.resolver.clone(),
+            HashMap::new(),
+        )
+        .unwrap();
+        drop(std::mem::replace(&mut self.egress, Arc::new(placeholder)));
+        self.interception_ca = None;
+
+        let mut overrides: Vec<(Origin, SocketAddr)> = Vec::new();
+        let mut add = |origin: &str, addr: SocketAddr| {
+            let origin = Origin::parse(origin).unwrap();
+            overrides.retain(|(o, _)| *o != origin);
+            overrides.push((origin, addr));
+        };
+        for o in TLS_ORIGINS {
+            add(o, self.upstream.addr);
+        }
+        for o in PLAIN_ORIGINS {
+            add(o, self.plain.addr);
+        }
+        for (o, addr) in connect_to {
+            add(o, *addr);
+        }
+        let options = Options {
+            policies: self.policies.clone(),
+            state: Some(self.state.path().to_owned()),
+            connect_to: overrides,
+        };
+        // Connection tasks and response bodies still held by the old pipeline release the
+        // audit log's lock as they end.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let sidecar = loop {
+            match Sidecar::open_with_resolver(&options, self.resolver.clone()) {
+                Ok(s) => break s,
+                Err(behalf::serve::StartError::Audit(audit::AuditError::Locked { .. }))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("restart: {e}"),
+            }
+        };
+        self.interception_ca = Some(sidecar.ca.clone());
+        self.egress = sidecar.egress.clone();
+        let proxy = sidecar.proxy();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.proxy_addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        self.shutdown = Some(tx);
+        self.proxy_task = tokio::spawn(proxy.serve(listener, 1024, async move {
+            let _ = rx.await;
+        }));
+    }
 }
