@@ -299,7 +299,7 @@ impl Egress {
                 Ok(i) => i,
                 Err(e) => return Err(self.refuse(entry, started, e)),
             };
-            stored = Some((credential, secret));
+            stored = Some(secret);
         }
         // Named in the record only once it is really on the request.
         entry.credential = allow.credential().map(ToString::to_string);
@@ -329,38 +329,36 @@ impl Egress {
             .clients
             .get(&allow.service.name)
             .expect("a client is built for every service of this policy");
-        let mut resp = match self
-            .send(
-                client,
-                copy_parts(&parts),
-                outgoing.body(self.request_limit()),
-                &target.origin,
-            )
-            .await
-        {
+        // Kept only when a retry may need the head again.
+        let retry_head = stored
+            .as_ref()
+            .filter(|_| replay_on_401)
+            .map(|s| (copy_parts(&parts), s));
+        let body = outgoing.body(self.request_limit());
+        let mut resp = match self.send(client, parts, body, &target.origin).await {
             Ok(resp) => resp,
             Err(e) => return Err(self.refuse(entry, started, e)),
         };
         // An OAuth2 token the upstream refuses gets one refresh and one retry, for methods
         // that may be repeated.
         if resp.status() == StatusCode::UNAUTHORIZED
-            && replay_on_401
-            && let Some((_, secret)) = &stored
+            && let Some((mut parts, secret)) = retry_head
         {
-            let sent = parts
+            let refused = parts
                 .headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
                 .map(|t| Secret::new(t.to_vec()));
-            let retried = match self
+            let payload = outgoing.payload();
+            let mut retried = match self
                 .inject(
                     call,
                     &mut parts,
                     &mut target,
                     allow.service,
                     secret,
-                    outgoing.payload(),
-                    sent.as_ref(),
+                    payload,
+                    refused.as_ref(),
                 )
                 .await
             {
@@ -368,21 +366,13 @@ impl Egress {
                 Err(e) => return Err(self.refuse(entry, started, e)),
             };
             // The refused token is scrubbed too.
-            let mut retried = retried;
             for form in injected.forms() {
                 retried.also(form);
             }
             injected = retried;
             drop(resp);
-            resp = match self
-                .send(
-                    client,
-                    copy_parts(&parts),
-                    outgoing.body(self.request_limit()),
-                    &target.origin,
-                )
-                .await
-            {
+            let body = outgoing.body(self.request_limit());
+            resp = match self.send(client, parts, body, &target.origin).await {
                 Ok(resp) => resp,
                 Err(e) => return Err(self.refuse(entry, started, e)),
             };
