@@ -6,8 +6,14 @@
 //! - `GET /v1/tools` → the tools this principal may invoke as model function definitions
 //!   (`?format=anthropic` for `{name, description, input_schema}`; OpenAI's
 //!   `{type: "function", function: {name, description, parameters}}` otherwise).
+//! - `GET /v1/connect/{service}`, `GET /v1/connect/{service}/callback`, `GET /v1/connections`,
+//!   `DELETE /v1/connections/{service}`: end users connect their own accounts ([`connect`]).
+//! - `PUT|DELETE /v1/admin/secrets/{tenant}[/{user}]/{name}`, `GET /v1/admin/secrets/{tenant}`:
+//!   provisioning by a tenant's admins ([`admin`]), off unless an issuer marks admins.
 //! - `GET /healthz`, `GET /metrics` (Prometheus text), without a token.
 
+mod admin;
+mod connect;
 pub mod metrics;
 
 use std::convert::Infallible;
@@ -125,20 +131,45 @@ impl Api {
                 let tool = (*tool).to_owned();
                 self.invoke(req, &tool).await
             }
-            (_, ["healthz" | "metrics"] | ["v1", "tools"] | ["v1", "tools", _, "invoke"]) => {
-                error_response(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "bad_request",
-                    &format!("{} is not supported on {path}", req.method()),
-                    "invoke with POST; list tools, health and metrics with GET",
-                    false,
-                )
+            (&Method::GET, ["v1", "connect", service]) => {
+                let service = (*service).to_owned();
+                self.connect_start(&req, &service).await
             }
+            (&Method::GET, ["v1", "connect", service, "callback"]) => {
+                let service = (*service).to_owned();
+                self.connect_callback(&req, &service).await
+            }
+            (&Method::GET, ["v1", "connections"]) => self.connections(&req).await,
+            (&Method::DELETE, ["v1", "connections", service]) => {
+                let service = (*service).to_owned();
+                self.disconnect(&req, &service).await
+            }
+            (_, ["v1", "admin", "secrets", ..]) => {
+                let rest: Vec<String> = segments[3..].iter().map(|s| (*s).to_owned()).collect();
+                self.admin(req, &rest).await
+            }
+            (
+                _,
+                ["healthz" | "metrics"]
+                | ["v1", "tools"]
+                | ["v1", "tools", _, "invoke"]
+                | ["v1", "connect", _]
+                | ["v1", "connect", _, "callback"]
+                | ["v1", "connections"]
+                | ["v1", "connections", _],
+            ) => error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "bad_request",
+                &format!("{} is not supported on {path}", req.method()),
+                "invoke with POST; disconnect with DELETE; everything else with GET",
+                false,
+            ),
             _ => error_response(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 &format!("no such endpoint: {path}"),
-                "POST /v1/tools/{tool}/invoke, GET /v1/tools, GET /healthz, GET /metrics",
+                "POST /v1/tools/{tool}/invoke, GET /v1/tools, GET /v1/connect/{service}, \
+                 GET /v1/connections, GET /healthz, GET /metrics",
                 false,
             ),
         }
