@@ -12,7 +12,9 @@
 //! - [`secrets`]: the secret store (encrypted file, env or mounted dir) and the `Secret` type.
 //! - [`egress`]: the one pipeline every outbound request takes (normalise → decide → clean →
 //!   resolve → inject → connect → send → scrub → audit).
-//! - [`inject`]: placing a credential on a request in the service's form.
+//! - [`inject`]: placing a credential on a request in the service's form (including signing
+//!   and OAuth2 access tokens).
+//! - [`accounts`]: end users connecting their own accounts (OAuth2 authorization code + PKCE).
 //! - [`proxy`]: the forward-proxy front door.
 //! - [`sandbox`]: tools as wasm components in wasmtime, one fresh instance per call.
 //! - [`api`]: the sidecar HTTP API the agent calls (invoke, list tools, health, metrics).
@@ -26,6 +28,7 @@
 // wrote itself (`sandbox::deserialize_own_artifact`), which says why it is sound.
 #![deny(unsafe_code)]
 
+pub mod accounts;
 pub mod api;
 pub mod audit;
 pub mod cli;

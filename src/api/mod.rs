@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use self::metrics::Metrics;
+use crate::accounts::Accounts;
 use crate::audit::{Entry, Outcome};
 use crate::egress::body::empty_error;
 use crate::egress::{BoxBody, Egress, error_response};
@@ -48,6 +49,7 @@ pub struct Api {
     verifier: Arc<Verifier>,
     egress: Arc<Egress>,
     metrics: Arc<Metrics>,
+    accounts: Accounts,
 }
 
 impl Api {
@@ -63,6 +65,7 @@ impl Api {
             verifier,
             egress,
             metrics,
+            accounts: Accounts::default(),
         }
     }
 

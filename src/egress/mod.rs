@@ -198,6 +198,35 @@ impl Egress {
         &self.audit
     }
 
+    /// The secret store.
+    pub fn secrets(&self) -> &dyn SecretStore {
+        &*self.secrets
+    }
+
+    /// The OAuth2 access token cache.
+    pub fn tokens(&self) -> &oauth2::Tokens {
+        &self.tokens
+    }
+
+    /// Sends `req` to one of `service`'s OAuth2 endpoints (token, revocation) through the
+    /// service's own client: its TLS roots, SSRF guard and `upstream_timeout`.
+    pub async fn oauth2_exchange(
+        &self,
+        service: &Service,
+        url: &Target,
+        req: Request<Bytes>,
+    ) -> Result<(StatusCode, Bytes), oauth2::TokenError> {
+        let client = self.clients.get(&service.name).ok_or_else(|| {
+            oauth2::TokenError::Unreachable(format!("no client for service `{}`", service.name))
+        })?;
+        let endpoint = TokenEndpoint {
+            client,
+            timeout: self.limits.upstream_timeout,
+            origin: &url.origin,
+        };
+        oauth2::Exchange::send(&endpoint, req).await
+    }
+
     /// Runs one request through every step. Denials and failures are audited here and
     /// returned as errors for the front door to render.
     pub async fn handle(

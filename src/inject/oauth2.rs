@@ -33,8 +33,8 @@ use http::{HeaderValue, Method, Request, StatusCode, header};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::policy::ServiceName;
 use crate::policy::service::{ClientAuth, OAuth2Form, OAuth2Grant};
+use crate::policy::{ServiceName, Target};
 use crate::secrets::{OAuth2Credentials, Secret, SecretId, SecretStore};
 
 /// The longest a token is used before its stated expiry.
@@ -49,7 +49,8 @@ pub const MAX_RESPONSE: usize = 64 * 1024;
 
 /// The error codes of RFC 6749 (sections 4.1.2.1 and 5.2) that may be repeated to a caller:
 /// fixed words, unlike the rest of an error response.
-const REGISTERED_ERRORS: [&str; 8] = [
+const REGISTERED_ERRORS: [&str; 9] = [
+    "access_denied",
     "invalid_request",
     "invalid_client",
     "invalid_grant",
@@ -59,6 +60,12 @@ const REGISTERED_ERRORS: [&str; 8] = [
     "server_error",
     "temporarily_unavailable",
 ];
+
+/// The registered RFC 6749 error code equal to `code`, if it is one (only those may be
+/// repeated to a caller).
+pub fn registered_error(code: &str) -> Option<&'static str> {
+    REGISTERED_ERRORS.iter().copied().find(|c| *c == code)
+}
 
 /// Why no access token could be had. Never contains a credential, a token or the endpoint's
 /// response body.
@@ -133,13 +140,7 @@ pub fn token_request(
     form: &OAuth2Form,
     creds: &OAuth2Credentials,
 ) -> Result<Request<Bytes>, TokenError> {
-    fn text<'a>(s: &'a Secret, what: &str) -> Result<&'a str, TokenError> {
-        s.expose_str().ok_or_else(|| {
-            TokenError::Credential(format!("the OAuth2 credential's `{what}` is not UTF-8"))
-        })
-    }
-    let mut body = form_urlencoded::Serializer::new(String::new());
-    body.append_pair("grant_type", form.grant.as_str());
+    let mut params = vec![("grant_type", form.grant.as_str().to_owned())];
     if form.grant == OAuth2Grant::RefreshToken {
         let refresh = creds.refresh_token.as_ref().ok_or_else(|| {
             TokenError::Credential(
@@ -147,25 +148,77 @@ pub fn token_request(
                     .into(),
             )
         })?;
-        body.append_pair("refresh_token", text(refresh, "refresh_token")?);
+        params.push(("refresh_token", text(refresh, "refresh_token")?.to_owned()));
     }
     if !form.scopes.is_empty() {
-        body.append_pair("scope", &form.scopes.join(" "));
+        params.push(("scope", form.scopes.join(" ")));
     }
     if let Some(audience) = &form.audience {
-        body.append_pair("audience", audience);
+        params.push(("audience", audience.clone()));
+    }
+    client_request(&form.token_url, form.client_auth, creds, &params)
+}
+
+/// Builds the authorization-code exchange of account connect (RFC 6749 section 4.1.3, RFC
+/// 7636 section 4.5): `redirect_uri` must be exactly the one the user was sent with.
+pub fn code_request(
+    form: &OAuth2Form,
+    client: &OAuth2Credentials,
+    code: &str,
+    redirect_uri: &str,
+    verifier: &str,
+) -> Result<Request<Bytes>, TokenError> {
+    let params = [
+        ("grant_type", "authorization_code".to_owned()),
+        ("code", code.to_owned()),
+        ("redirect_uri", redirect_uri.to_owned()),
+        ("code_verifier", verifier.to_owned()),
+    ];
+    client_request(&form.token_url, form.client_auth, client, &params)
+}
+
+/// Builds a refresh token revocation (RFC 7009 section 2.1).
+pub fn revoke_request(
+    url: &Target,
+    client_auth: ClientAuth,
+    creds: &OAuth2Credentials,
+    refresh: &Secret,
+) -> Result<Request<Bytes>, TokenError> {
+    let params = [
+        ("token", text(refresh, "refresh_token")?.to_owned()),
+        ("token_type_hint", "refresh_token".to_owned()),
+    ];
+    client_request(url, client_auth, creds, &params)
+}
+
+fn text<'a>(s: &'a Secret, what: &str) -> Result<&'a str, TokenError> {
+    s.expose_str().ok_or_else(|| {
+        TokenError::Credential(format!("the OAuth2 credential's `{what}` is not UTF-8"))
+    })
+}
+
+/// A form POST to an endpoint of the provider, authenticated as the client.
+fn client_request(
+    url: &Target,
+    client_auth: ClientAuth,
+    creds: &OAuth2Credentials,
+    params: &[(&str, String)],
+) -> Result<Request<Bytes>, TokenError> {
+    let mut body = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        body.append_pair(k, v);
     }
     let id = text(&creds.client_id, "client_id")?;
     let secret = text(&creds.client_secret, "client_secret")?;
     let mut req = Request::builder()
         .method(Method::POST)
-        .uri(form.token_url.to_string())
+        .uri(url.to_string())
         .header(
             header::CONTENT_TYPE,
             "application/x-www-form-urlencoded; charset=utf-8",
         )
         .header(header::ACCEPT, "application/json");
-    match form.client_auth {
+    match client_auth {
         ClientAuth::Body => {
             body.append_pair("client_id", id);
             body.append_pair("client_secret", secret);
@@ -182,14 +235,21 @@ pub fn token_request(
             req = req.header(header::AUTHORIZATION, value);
         }
     }
-    req.body(Bytes::from(body.finish())).map_err(|_| {
-        TokenError::Credential("the token request could not be built from the credential".into())
-    })
+    let body = zeroize::Zeroizing::new(body.finish());
+    req.body(Bytes::copy_from_slice(body.as_bytes()))
+        .map_err(|_| {
+            TokenError::Credential(
+                "the token request could not be built from the credential".into(),
+            )
+        })
 }
 
 /// Reads the token endpoint's answer (RFC 6749 sections 5.1 and 5.2).
+///
+/// `grant` names the grant in errors (`refresh_token`, `client_credentials`,
+/// `authorization_code`).
 pub fn parse_response(
-    grant: OAuth2Grant,
+    grant: &'static str,
     status: StatusCode,
     body: &[u8],
 ) -> Result<Grant, TokenError> {
@@ -200,9 +260,9 @@ pub fn parse_response(
             .as_ref()
             .and_then(|j| j.get("error"))
             .and_then(|e| e.as_str())
-            .and_then(|e| REGISTERED_ERRORS.iter().copied().find(|c| *c == e));
+            .and_then(registered_error);
         return Err(TokenError::Rejected {
-            grant: grant.as_str(),
+            grant,
             status: status.as_u16(),
             code,
         });
@@ -249,7 +309,7 @@ fn usable_until(now: Instant, lifetime: Option<Duration>) -> Instant {
 }
 
 /// The credential with `refresh_token` replaced, as the JSON the store holds.
-fn with_refresh_token(creds: &OAuth2Credentials, refresh: &Secret) -> Option<Secret> {
+pub fn with_refresh_token(creds: &OAuth2Credentials, refresh: &Secret) -> Option<Secret> {
     #[derive(Serialize)]
     struct Stored<'a> {
         client_id: &'a str,
@@ -340,10 +400,7 @@ impl Tokens {
         rejected: Option<&Secret>,
         exchange: &dyn Exchange,
     ) -> Result<Issued, TokenError> {
-        let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            slots.entry(key.clone()).or_default().clone()
-        };
+        let slot = self.slot(key);
         // Concurrent callers for this key queue here while one of them exchanges.
         let mut slot = slot.lock().await;
         let mut current = stored.clone();
@@ -378,7 +435,7 @@ impl Tokens {
             TokenError::Credential(format!("the stored value is not an OAuth2 credential: {e}"))
         })?;
         let (status, body) = exchange.send(token_request(form, &creds)?).await?;
-        let grant = parse_response(form.grant, status, &body)?;
+        let grant = parse_response(form.grant.as_str(), status, &body)?;
         let mut rotated = None;
         if let Some(new) = &grant.refresh_token
             && creds.refresh_token.as_ref() != Some(new)
@@ -392,6 +449,50 @@ impl Tokens {
             access_token: grant.access_token,
             refresh_token: rotated,
         })
+    }
+
+    /// Caches `access_token` for `key` as derived from `stored` (account connect has just
+    /// obtained both).
+    pub async fn seed(
+        &self,
+        key: &Key,
+        stored: &Secret,
+        access_token: Secret,
+        lifetime: Option<Duration>,
+    ) {
+        let slot = self.slot(key);
+        let mut slot = slot.lock().await;
+        *slot = Slot {
+            source: Some(fingerprint(stored)),
+            access: Some((access_token, usable_until(Instant::now(), lifetime))),
+            rotated: None,
+        };
+    }
+
+    /// Drops what is cached for `key` (the account was disconnected).
+    pub fn forget(&self, key: &Key) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// How long the cached access token for `key` is still used, if one is cached.
+    pub async fn expires_in(&self, key: &Key) -> Option<Duration> {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()?;
+        let slot = slot.lock().await;
+        let (_, until) = slot.access.as_ref()?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    fn slot(&self, key: &Key) -> Arc<tokio::sync::Mutex<Slot>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.entry(key.clone()).or_default().clone()
     }
 
     /// Writes a rotated refresh token back (compare-and-set against the value read for this

@@ -345,6 +345,25 @@ impl PolicySet {
         })
     }
 
+    /// Whether any grant lets the principal use the service, through any client and for any
+    /// route: the question for connecting an account to it. Pure.
+    pub fn grants_service(&self, principal: &Principal, service: &ServiceName) -> bool {
+        let Some(si) = self.services.iter().position(|s| s.name == *service) else {
+            return false;
+        };
+        let Some(tenant) = self.tenants.get(&principal.tenant) else {
+            return false;
+        };
+        tenant.grants_by_service.get(&si).is_some_and(|grants| {
+            grants.iter().any(|&gi| {
+                tenant.tenant.grants[gi]
+                    .who
+                    .iter()
+                    .any(|w| w.covers(principal))
+            })
+        })
+    }
+
     /// Decides whether a principal may invoke a tool. Pure.
     pub fn decide_tool(&self, principal: &Principal, tool: &ToolName) -> ToolDecision<'_> {
         let Some(tenant) = self.tenants.get(&principal.tenant) else {

@@ -408,6 +408,31 @@ pub struct OAuth2Form {
     pub audience: Option<String>,
     /// How the client authenticates.
     pub client_auth: ClientAuth,
+    /// How end users connect their own accounts, when they may.
+    pub connect: Option<ConnectForm>,
+}
+
+/// Account connect for an `oauth2` service (authorization code with PKCE): where users are
+/// sent to consent, and with which app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectForm {
+    /// The provider's authorization endpoint.
+    pub authorize_url: Target,
+    /// Extra query parameters for it (e.g. `access_type = "offline"`).
+    pub authorize_params: Vec<(String, String)>,
+    /// The provider's token revocation endpoint (RFC 7009), if any.
+    pub revoke_url: Option<Target>,
+    /// The tenant-scoped credential holding the app's `{"client_id", "client_secret"}`.
+    pub client: CredentialName,
+    /// The external URL at which behalf's API is reached, without a trailing `/`.
+    pub redirect_base: String,
+}
+
+impl ConnectForm {
+    /// The redirect URI registered with the provider for `service`.
+    pub fn redirect_uri(&self, service: &ServiceName) -> String {
+        format!("{}/v1/connect/{service}/callback", self.redirect_base)
+    }
 }
 
 impl Inject {
@@ -546,6 +571,12 @@ struct RawOAuth2 {
     scopes: Vec<Spanned<String>>,
     audience: Option<Spanned<String>>,
     client_auth: Option<Spanned<String>>,
+    authorize_url: Option<Spanned<String>>,
+    #[serde(default)]
+    authorize_params: std::collections::BTreeMap<String, String>,
+    revoke_url: Option<Spanned<String>>,
+    client: Option<Spanned<String>>,
+    redirect_base: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -614,17 +645,34 @@ impl Service {
                     None
                 }
             });
-        if let (Some(Inject::OAuth2(o)), Some(i)) = (&inject, &raw.inject)
-            && o.token_url.origin.scheme == Scheme::Http
+        if let (Some(Inject::OAuth2(o)), Some(i), Some(c)) = (&inject, &raw.inject, &credential)
+            && o.connect.is_some()
+            && c.scope != CredentialScope::User
+        {
+            fail(
+                diags,
+                at(i.span()),
+                "account connect (`authorize_url`) stores each user's own grant, so the \
+                 credential needs scope = \"user\""
+                    .into(),
+            );
+        }
+        let plaintext_url = match &inject {
+            Some(Inject::OAuth2(o)) => std::iter::once(&o.token_url)
+                .chain(o.connect.iter().map(|c| &c.authorize_url))
+                .chain(o.connect.iter().filter_map(|c| c.revoke_url.as_ref()))
+                .find(|u| u.origin.scheme == Scheme::Http),
+            _ => None,
+        };
+        if let (Some(url), Some(i)) = (plaintext_url, &raw.inject)
             && !raw.allow_plaintext
         {
             fail(
                 diags,
                 at(i.span()),
                 format!(
-                    "oauth2 `token_url` `{}` is plain http: the client secret and tokens would \
-                     cross the network unencrypted; use https, or set `allow_plaintext = true`",
-                    o.token_url
+                    "oauth2 URL `{url}` is plain http: the client secret and tokens would \
+                     cross the network unencrypted; use https, or set `allow_plaintext = true`"
                 ),
             );
         }
@@ -887,7 +935,104 @@ fn parse_oauth2(raw: &RawOAuth2) -> Result<OAuth2Form, InjectError> {
         scopes,
         audience,
         client_auth,
+        connect: parse_connect(raw, grant)?,
     })
+}
+
+fn parse_connect(raw: &RawOAuth2, grant: OAuth2Grant) -> Result<Option<ConnectForm>, InjectError> {
+    let url = |s: &Spanned<String>, key: &str| {
+        Target::parse(s.get_ref()).map_err(|e| {
+            (
+                Some(s.span()),
+                format!("oauth2 `{key}` `{}` is not a valid URL: {e}", s.get_ref()),
+            )
+        })
+    };
+    let Some(authorize) = &raw.authorize_url else {
+        for (key, set) in [
+            ("authorize_params", !raw.authorize_params.is_empty()),
+            ("revoke_url", raw.revoke_url.is_some()),
+            ("client", raw.client.is_some()),
+            ("redirect_base", raw.redirect_base.is_some()),
+        ] {
+            if set {
+                return Err((
+                    None,
+                    format!("oauth2 `{key}` is for account connect, which needs `authorize_url`"),
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    let authorize_url = url(authorize, "authorize_url")?;
+    if grant != OAuth2Grant::RefreshToken {
+        return Err((
+            Some(authorize.span()),
+            "account connect (`authorize_url`) stores each user's refresh token, so it needs \
+             grant = \"refresh_token\""
+                .into(),
+        ));
+    }
+    let client = raw.client.as_ref().ok_or_else(|| {
+        (
+            Some(authorize.span()),
+            "account connect needs `client`: the name of the tenant credential holding the \
+             app's {\"client_id\", \"client_secret\"}"
+                .to_owned(),
+        )
+    })?;
+    let client = CredentialName::parse(client.get_ref()).map_err(|e| (Some(client.span()), e))?;
+    let base = raw.redirect_base.as_ref().ok_or_else(|| {
+        (
+            Some(authorize.span()),
+            "account connect needs `redirect_base`: the external URL of behalf's API, to which \
+             the provider sends users back (`{redirect_base}/v1/connect/{service}/callback`)"
+                .to_owned(),
+        )
+    })?;
+    let parsed = url(base, "redirect_base")?;
+    let redirect_base = base.get_ref().trim_end_matches('/').to_owned();
+    if parsed.query.is_some() || redirect_base.contains('#') {
+        return Err((
+            Some(base.span()),
+            "oauth2 `redirect_base` must have no query or fragment".into(),
+        ));
+    }
+    for (k, v) in &raw.authorize_params {
+        let reserved = [
+            "response_type",
+            "client_id",
+            "redirect_uri",
+            "scope",
+            "state",
+            "code_challenge",
+            "code_challenge_method",
+        ];
+        if reserved.contains(&k.as_str()) || v.chars().any(char::is_control) {
+            return Err((
+                None,
+                format!(
+                    "oauth2 `authorize_params` may not set `{k}` (behalf sets it) or contain \
+                     control characters"
+                ),
+            ));
+        }
+    }
+    Ok(Some(ConnectForm {
+        authorize_url,
+        authorize_params: raw
+            .authorize_params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        revoke_url: raw
+            .revoke_url
+            .as_ref()
+            .map(|r| url(r, "revoke_url"))
+            .transpose()?,
+        client,
+        redirect_base,
+    }))
 }
 
 fn parse_hmac(raw: &Spanned<RawHmac>) -> Result<HmacForm, InjectError> {
@@ -1306,6 +1451,76 @@ mod tests {
         assert!(
             message.contains("only accepted by S3, not `dynamodb`"),
             "{message}"
+        );
+    }
+
+    const CONNECT: &str = r#"token_url = "https://auth.crm.test/token", grant = "refresh_token", authorize_url = "https://auth.crm.test/authorize", authorize_params = { access_type = "offline" }, revoke_url = "https://auth.crm.test/revoke", client = "crm_app", redirect_base = "https://agent.example.test/behalf/""#;
+
+    #[test]
+    fn connect_keys_parse_and_build_the_redirect_uri() {
+        let s = parse_inject(&format!("{{ oauth2 = {{ {CONNECT} }} }}"), "").unwrap();
+        let Some(Inject::OAuth2(o)) = &s.inject else {
+            panic!("expected oauth2")
+        };
+        let c = o.connect.as_ref().unwrap();
+        assert_eq!(
+            c.authorize_url.to_string(),
+            "https://auth.crm.test/authorize"
+        );
+        assert_eq!(
+            c.authorize_params,
+            [("access_type".into(), "offline".into())]
+        );
+        assert_eq!(
+            c.revoke_url.as_ref().unwrap().to_string(),
+            "https://auth.crm.test/revoke"
+        );
+        assert_eq!(c.client.as_str(), "crm_app");
+        assert_eq!(
+            c.redirect_uri(&s.name),
+            "https://agent.example.test/behalf/v1/connect/crm/callback"
+        );
+    }
+
+    #[test]
+    fn connect_needs_its_keys_a_refresh_grant_and_a_user_credential() {
+        let with = |body: &str| format!("{{ oauth2 = {{ {body} }} }}");
+        for (body, phrase) in [
+            (CONNECT.replace(r#", client = "crm_app""#, ""), "needs `client`"),
+            (
+                CONNECT.replace(r#", redirect_base = "https://agent.example.test/behalf/""#, ""),
+                "needs `redirect_base`",
+            ),
+            (
+                CONNECT.replace("refresh_token", "client_credentials"),
+                "needs grant = \"refresh_token\"",
+            ),
+            (
+                CONNECT.replace("access_type", "state"),
+                "may not set `state`",
+            ),
+            (
+                r#"token_url = "https://auth.crm.test/token", grant = "refresh_token", client = "crm_app""#.into(),
+                "`client` is for account connect, which needs `authorize_url`",
+            ),
+        ] {
+            let message = first_error(&with(&body), "");
+            assert!(message.contains(phrase), "`{message}` should contain {phrase:?}");
+        }
+        let file = SourceFile::new(
+            "policies/services/crm.toml",
+            format!(
+                "[service]\nname = \"crm\"\norigins = [\"https://api.crm.test\"]\n\
+                 credential = {{ name = \"crm\", scope = \"tenant\" }}\ninject = {}\n",
+                with(CONNECT)
+            ),
+        );
+        let mut diags = Diagnostics::default();
+        let _ = Service::parse(&file, std::path::Path::new("."), &mut diags);
+        let diags = diags.into_sorted();
+        assert!(
+            diags[0].message.contains("needs scope = \"user\""),
+            "{diags:?}"
         );
     }
 }

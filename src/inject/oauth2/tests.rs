@@ -12,6 +12,7 @@ fn form(grant: OAuth2Grant, client_auth: ClientAuth) -> OAuth2Form {
         scopes: vec!["read:a".into(), "write:b".into()],
         audience: Some("https://api.example.test".into()),
         client_auth,
+        connect: None,
     }
 }
 
@@ -80,8 +81,7 @@ fn refresh_grant_without_a_refresh_token_is_a_credential_error() {
 
 #[test]
 fn responses_are_read_without_echoing_them() {
-    let ok =
-        |body: &str| parse_response(OAuth2Grant::RefreshToken, StatusCode::OK, body.as_bytes());
+    let ok = |body: &str| parse_response("refresh_token", StatusCode::OK, body.as_bytes());
     let g = ok(
         r#"{"access_token":"AT","token_type":"bearer","expires_in":"120","refresh_token":"R2"}"#,
     )
@@ -107,7 +107,7 @@ fn responses_are_read_without_echoing_them() {
 
     let rejected = |status: u16, body: &str| {
         parse_response(
-            OAuth2Grant::RefreshToken,
+            "refresh_token",
             StatusCode::from_u16(status).unwrap(),
             body.as_bytes(),
         )
@@ -414,4 +414,37 @@ async fn endpoint_errors_leave_nothing_cached() {
         .access_token(&key("alice"), &creds(Some("R1")), &f, None, &endpoint)
         .await;
     assert_eq!(t.unwrap().access_token.expose(), b"AT2");
+}
+
+#[test]
+fn code_and_revoke_requests() {
+    let client = OAuth2Credentials::parse(&creds(None)).unwrap();
+    let f = form(OAuth2Grant::RefreshToken, ClientAuth::Body);
+    let req = code_request(&f, &client, "c0de", "https://a.test/cb", "v3rifier").unwrap();
+    assert_eq!(req.uri(), "https://auth.example.test/oauth/token");
+    let p = params(req.body());
+    for pair in [
+        ("grant_type", "authorization_code"),
+        ("code", "c0de"),
+        ("redirect_uri", "https://a.test/cb"),
+        ("code_verifier", "v3rifier"),
+        ("client_id", "id:1 é"),
+        ("client_secret", "s&c/r=t"),
+    ] {
+        assert!(
+            p.contains(&(pair.0.into(), pair.1.into())),
+            "{pair:?} in {p:?}"
+        );
+    }
+    assert!(!p.iter().any(|(k, _)| k == "scope"), "scope is not resent");
+
+    let url = Target::parse("https://auth.example.test/revoke").unwrap();
+    let req = revoke_request(&url, ClientAuth::Basic, &client, &Secret::from_text("R1")).unwrap();
+    assert_eq!(req.uri(), "https://auth.example.test/revoke");
+    assert!(req.headers()[header::AUTHORIZATION].is_sensitive());
+    assert_eq!(
+        params(req.body()),
+        [("token", "R1"), ("token_type_hint", "refresh_token")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    );
 }
