@@ -129,7 +129,7 @@ impl ConnectError {
                 TokenError::Rejected { status, .. } if (400..500).contains(status) => 400,
                 _ => 502,
             },
-            Self::Store(e) if matches!(e, SecretError::ReadOnly { .. }) => 409,
+            Self::Store(SecretError::ReadOnly { .. }) => 409,
             Self::Store(_) => 500,
             Self::AuditUnavailable => 503,
         }
@@ -455,12 +455,12 @@ impl Accounts {
             .map_err(ConnectError::Store)?;
         let mut out = Vec::new();
         for service in egress.policy().services() {
-            let Some(Inject::OAuth2(OAuth2Form {
-                connect: Some(_), ..
-            })) = &service.inject
-            else {
+            let Some(Inject::OAuth2(form)) = &service.inject else {
                 continue;
             };
+            if form.connect.is_none() {
+                continue;
+            }
             if !egress.policy().grants_service(principal, &service.name) {
                 continue;
             }
@@ -532,6 +532,11 @@ impl Accounts {
             Err(SecretError::Disabled { .. }) => None,
             Err(e) => return Err(ConnectError::Store(e)),
         };
+        // Checked before the provider is told anything: a disconnect that cannot be audited
+        // changes nothing.
+        if egress.audit().gate().is_err() {
+            return Err(ConnectError::AuditUnavailable);
+        }
         let mut revoked = None;
         if let (Some(url), Some(stored)) = (&connect.revoke_url, &stored)
             && let Ok(creds) = OAuth2Credentials::parse(stored)
@@ -548,9 +553,6 @@ impl Accounts {
                 Err(_) => false,
             };
             revoked = Some(ok);
-        }
-        if egress.audit().gate().is_err() {
-            return Err(ConnectError::AuditUnavailable);
         }
         egress.secrets().remove(&id).map_err(|e| match e {
             SecretError::NotFound { .. } => ConnectError::NotConnected(service.name.clone()),

@@ -35,6 +35,9 @@ use crate::secrets::{self, Secret, SecretId};
 use crate::serve::{Options, Sidecar};
 use crate::state::StateDir;
 
+mod google;
+use google::Google;
+
 /// The example policy, embedded so the demo needs no files.
 const SERVICES: [(&str, &str); 4] = [
     ("github", include_str!("../policies/services/github.toml")),
@@ -90,11 +93,12 @@ const TOOLS: [(&str, &str, &[u8]); 7] = [
     ),
 ];
 /// The origins the mock API answers for, reached through `--connect-to`.
-const ORIGINS: [&str; 4] = [
+const ORIGINS: [&str; 5] = [
     "https://api.github.com",
     "https://slack.com",
     "https://www.googleapis.com",
     "https://oauth2.googleapis.com",
+    "https://accounts.google.com",
 ];
 
 /// Demo credentials: distinct per user and tenant, so a mix-up would show.
@@ -106,18 +110,10 @@ const SEEDS: [(&str, &str); 5] = [
     ("globex/slack_bot_token", "xoxb-demo-GLOBEX-bot-3d4e5f6a"),
 ];
 
-/// The demo OAuth2 app's client secret, and each user's refresh token from the consent flow.
-const GOOGLE_CLIENT_SECRET: &str = "GOCSPX-demo-client-secret-5e6f";
-const GOOGLE_REFRESH: [(&str, &str); 2] = [
-    ("alice", "1//demo-refresh-ALICE-7a8b9c"),
-    ("bob", "1//demo-refresh-BOB-0d1e2f"),
-];
-
 /// Every demo secret value, for the checks that nothing leaked.
 fn demo_secrets() -> Vec<&'static str> {
     let mut all: Vec<&str> = SEEDS.iter().map(|(_, s)| *s).collect();
-    all.push(GOOGLE_CLIENT_SECRET);
-    all.extend(GOOGLE_REFRESH.iter().map(|(_, r)| *r));
+    all.extend([google::CLIENT_SECRET, google::ALICE_REFRESH]);
     all
 }
 
@@ -137,8 +133,16 @@ pub async fn run() -> Result<bool, DemoError> {
         "setting up",
         "a throw-away directory, mock APIs with their own CA, the sidecar and its tools",
     );
-    let mock = Mock::start().await?;
-    let policies = write_policies(tmp.path(), &mock.ca_pem)?;
+    // The API's address is known first: it is the redirect URI registered with the mock
+    // provider, and the `redirect_base` of the calendar service.
+    let api_listener = TcpListener::bind("127.0.0.1:0").await.map_err(fail)?;
+    let api_addr = api_listener.local_addr().map_err(fail)?;
+    let redirect_base = format!("http://{api_addr}");
+    let mock = Mock::start(format!(
+        "{redirect_base}/v1/connect/google_calendar/callback"
+    ))
+    .await?;
+    let policies = write_policies(tmp.path(), &mock.ca_pem, &redirect_base)?;
     let state_path = tmp.path().join("state");
     let state = StateDir::open(&state_path).map_err(fail)?;
     seed(&policies, &state)?;
@@ -163,8 +167,6 @@ pub async fn run() -> Result<bool, DemoError> {
     .map_err(fail)?;
     let proxy_listener = TcpListener::bind("127.0.0.1:0").await.map_err(fail)?;
     let proxy_addr = proxy_listener.local_addr().map_err(fail)?;
-    let api_listener = TcpListener::bind("127.0.0.1:0").await.map_err(fail)?;
-    let api_addr = api_listener.local_addr().map_err(fail)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -295,6 +297,35 @@ pub async fn run() -> Result<bool, DemoError> {
             got.get(..20).unwrap_or(&got)
         ),
     );
+    let before = mock.seen().len();
+    let (status, body) = api.invoke(&bob, "calendar", "{}").await;
+    ok &= check(
+        "bob asks for his calendar before connecting his Google account",
+        status == 403 && body["error"]["code"] == "egress_denied" && mock.seen().len() == before,
+        &format!(
+            "refused, nothing sent: {}",
+            body["denials"][0]["message"]
+                .as_str()
+                .unwrap_or("no denial")
+        ),
+    );
+    let connected = connect_account(&api, &mock, &bob, "bob").await;
+    let (status, text) = connected.unwrap_or_else(|e| (0, e));
+    let code_exchanges = mock.google().exchanges("bob", "authorization_code");
+    ok &= check(
+        "bob connects his Google account",
+        status == 200 && text.contains("Connected") && code_exchanges == 1 && clean(&text),
+        &format!(
+            "the agent asked behalf for a sign-in URL (state and PKCE challenge) and sent bob \
+             there; Google sent his browser back to behalf, which exchanged the code itself and \
+             stored his refresh token (`{}`): the agent and the tool never saw a token",
+            if status == 200 {
+                "Connected"
+            } else {
+                text.as_str()
+            }
+        ),
+    );
     let (status_a, body_a) = api.invoke(&alice, "calendar", "{}").await;
     let (status_b, body_b) = api.invoke(&bob, "calendar", "{}").await;
     ok &= check(
@@ -304,9 +335,11 @@ pub async fn run() -> Result<bool, DemoError> {
             && body_a["output"]["body"]["summary"] == "alice@acme.example"
             && body_b["output"]["body"]["summary"] == "bob@acme.example"
             && mock.exchanges("alice") == 1
-            && mock.exchanges("bob") == 1,
-        "alice's cached access token was reused (still 1 exchange); bob got his own, from his \
-         own refresh token: a token is cached per user and service, never shared",
+            && mock.exchanges("bob") == 0
+            && clean(&body_b.to_string()),
+        "alice's cached access token was reused (still 1 exchange); bob's call carried the \
+         access token from his sign-in (no exchange): tokens are cached per user and service, \
+         never shared",
     );
     let revoked = {
         let mut google = mock.google();
@@ -323,6 +356,26 @@ pub async fn run() -> Result<bool, DemoError> {
             "the API answered 401 to the cached token ({revoked} revoked); behalf refreshed it \
              behind the tool's back and retried once: the tool saw only her events"
         ),
+    );
+    let (status, text) = api
+        .request(
+            http::Method::DELETE,
+            "/v1/connections/google_calendar",
+            Some(&bob),
+            "",
+        )
+        .await
+        .unwrap_or_else(|e| (0, e));
+    let before = mock.seen().len();
+    let (after, _) = api.invoke(&bob, "calendar", "{}").await;
+    ok &= check(
+        "bob disconnects his Google account",
+        status == 200
+            && text.contains("\"revoked\":true")
+            && after == 403
+            && mock.seen().len() == before,
+        "behalf revoked his refresh token at Google, deleted it and forgot his access token; \
+         his next calendar call is refused and nothing is sent",
     );
 
     say(
@@ -543,7 +596,11 @@ fn read_audit(state: &Path) -> String {
 }
 
 /// Writes the embedded example policy, with a `behalf.toml` for the demo.
-fn write_policies(dir: &Path, mock_ca: &str) -> Result<std::path::PathBuf, DemoError> {
+fn write_policies(
+    dir: &Path,
+    mock_ca: &str,
+    redirect_base: &str,
+) -> Result<std::path::PathBuf, DemoError> {
     let policies = dir.join("policies");
     for sub in ["services", "tenants"] {
         std::fs::create_dir_all(policies.join(sub)).map_err(fail)?;
@@ -561,6 +618,11 @@ fn write_policies(dir: &Path, mock_ca: &str) -> Result<std::path::PathBuf, DemoE
         std::fs::write(tool.join(format!("{name}.wasm")), component).map_err(fail)?;
     }
     for (name, text) in SERVICES {
+        // Browsers come back to this demo's API, wherever it listens.
+        let text = text.replace(
+            "redirect_base = \"http://127.0.0.1:7777\"",
+            &format!("redirect_base = \"{redirect_base}\""),
+        );
         std::fs::write(policies.join("services").join(format!("{name}.toml")), text)
             .map_err(fail)?;
     }
@@ -585,13 +647,15 @@ fn seed(policies: &Path, state: &StateDir) -> Result<(), DemoError> {
         let id: SecretId = SecretId::parse(id).map_err(fail)?;
         store.set(&id, &Secret::from_text(value)).map_err(fail)?;
     }
-    for (user, refresh) in GOOGLE_REFRESH {
-        let id = SecretId::parse(&format!("acme/{user}/google")).map_err(fail)?;
-        let value = serde_json::json!({
-            "client_id": "demo-app.apps.googleusercontent.com",
-            "client_secret": GOOGLE_CLIENT_SECRET,
-            "refresh_token": refresh,
-        });
+    let app =
+        serde_json::json!({"client_id": google::CLIENT_ID, "client_secret": google::CLIENT_SECRET});
+    let alice = serde_json::json!({
+        "client_id": google::CLIENT_ID,
+        "client_secret": google::CLIENT_SECRET,
+        "refresh_token": google::ALICE_REFRESH,
+    });
+    for (id, value) in [("acme/google_app", app), ("acme/alice/google", alice)] {
+        let id = SecretId::parse(id).map_err(fail)?;
         store
             .set(&id, &Secret::from_text(&value.to_string()))
             .map_err(fail)?;
@@ -605,75 +669,11 @@ struct Mock {
     addr: SocketAddr,
     ca_pem: String,
     seen: Arc<Mutex<Vec<String>>>,
-    oauth: Arc<Mutex<OAuthServer>>,
-}
-
-/// The mock Google: a token endpoint that exchanges refresh tokens for access tokens, and a
-/// calendar API that accepts only live access tokens.
-#[derive(Default)]
-struct OAuthServer {
-    /// Each exchange, by the user whose refresh token it used.
-    exchanges: Vec<String>,
-    /// Live access tokens and their users.
-    live: Vec<(String, String)>,
-    /// Every access token ever issued.
-    issued: Vec<String>,
-}
-
-impl OAuthServer {
-    /// `POST /token` with `grant_type=refresh_token`.
-    fn token(&mut self, client_auth: &str, form: &[u8]) -> (u16, serde_json::Value) {
-        use base64::Engine;
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-            "demo-app.apps.googleusercontent.com:{GOOGLE_CLIENT_SECRET}"
-        ));
-        let params: Vec<(String, String)> = form_urlencoded::parse(form).into_owned().collect();
-        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        let user = GOOGLE_REFRESH
-            .iter()
-            .find(|(_, r)| param("refresh_token") == Some(r))
-            .map(|(u, _)| *u);
-        let (Some(user), true, Some("refresh_token")) = (
-            user,
-            client_auth == format!("Basic {basic}"),
-            param("grant_type"),
-        ) else {
-            return (400, serde_json::json!({"error": "invalid_grant"}));
-        };
-        self.exchanges.push(user.to_owned());
-        let token = format!("ya29.demo-{user}-{}", self.issued.len() + 1);
-        self.live.push((token.clone(), user.to_owned()));
-        self.issued.push(token.clone());
-        (
-            200,
-            serde_json::json!({"access_token": token, "token_type": "Bearer", "expires_in": 3599}),
-        )
-    }
-
-    /// `GET /calendar/v3/calendars/primary/events` with a bearer token.
-    fn events(&self, authorization: &str) -> (u16, serde_json::Value) {
-        let token = authorization.strip_prefix("Bearer ").unwrap_or("");
-        match self.live.iter().find(|(t, _)| t == token) {
-            Some((_, user)) => (
-                200,
-                serde_json::json!({
-                    "summary": format!("{user}@acme.example"),
-                    "items": [
-                        {"summary": format!("1:1 with {user}'s manager"), "start": {"dateTime": "2026-12-01T10:00:00Z"}},
-                        {"summary": "Design review", "start": {"dateTime": "2026-12-01T14:00:00Z"}},
-                    ],
-                }),
-            ),
-            None => (
-                401,
-                serde_json::json!({"error": {"code": 401, "message": "Invalid Credentials"}}),
-            ),
-        }
-    }
+    oauth: Arc<Mutex<Google>>,
 }
 
 impl Mock {
-    async fn start() -> Result<Self, DemoError> {
+    async fn start(redirect_uri: String) -> Result<Self, DemoError> {
         let ca_key = rcgen::KeyPair::generate().map_err(fail)?;
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
         ca_params
@@ -705,7 +705,7 @@ impl Mock {
         let listener = TcpListener::bind("127.0.0.1:0").await.map_err(fail)?;
         let addr = listener.local_addr().map_err(fail)?;
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let oauth = Arc::new(Mutex::new(OAuthServer::default()));
+        let oauth = Arc::new(Mutex::new(Google::new(redirect_uri)));
         let recorded = seen.clone();
         let google = oauth.clone();
         tokio::spawn(async move {
@@ -732,11 +732,38 @@ impl Mock {
                                 .unwrap_or("")
                                 .to_owned();
                             let path = req.uri().path().to_owned();
+                            let query = req.uri().query().unwrap_or("").to_owned();
+                            let user = req
+                                .headers()
+                                .get("x-demo-user")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned();
                             let form = req.into_body().collect().await.map(|b| b.to_bytes());
                             let lock = || google.lock().unwrap_or_else(|e| e.into_inner());
+                            if host == "accounts.google.com" {
+                                // The consent screen: the user agrees and is sent back.
+                                let mut resp = Response::new(Full::new(Bytes::new()));
+                                match lock().authorize(&query, &user) {
+                                    Ok(location) => {
+                                        *resp.status_mut() = http::StatusCode::FOUND;
+                                        if let Ok(v) = http::HeaderValue::from_str(&location) {
+                                            resp.headers_mut().insert(http::header::LOCATION, v);
+                                        }
+                                    }
+                                    Err(error) => {
+                                        *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+                                        *resp.body_mut() = Full::new(Bytes::from(error));
+                                    }
+                                }
+                                return Ok::<_, Infallible>(resp);
+                            }
                             let (status, body) = match host.as_str() {
                                 // The token endpoint's caller is behalf, not the tool: not
                                 // recorded as something the API saw.
+                                "oauth2.googleapis.com" if path == "/revoke" => {
+                                    lock().revoke(&form.unwrap_or_default())
+                                }
                                 "oauth2.googleapis.com" => {
                                     lock().token(&auth, &form.unwrap_or_default())
                                 }
@@ -784,20 +811,16 @@ impl Mock {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn google(&self) -> std::sync::MutexGuard<'_, OAuthServer> {
+    fn google(&self) -> std::sync::MutexGuard<'_, Google> {
         self.oauth.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// How many token exchanges used `user`'s refresh token.
+    /// How many refresh-token exchanges were made for `user`.
     fn exchanges(&self, user: &str) -> usize {
-        self.google()
-            .exchanges
-            .iter()
-            .filter(|u| *u == user)
-            .count()
+        self.google().exchanges(user, "refresh_token")
     }
 
-    /// Every access token issued so far.
+    /// Every token the provider issued so far (access and refresh).
     fn issued(&self) -> Vec<String> {
         self.google().issued.clone()
     }
@@ -921,6 +944,39 @@ impl Api {
         tool: &str,
         input: &str,
     ) -> Result<(u16, serde_json::Value), String> {
+        let (status, body) = self
+            .request(
+                http::Method::POST,
+                &format!("/v1/tools/{tool}/invoke"),
+                Some(token),
+                input,
+            )
+            .await?;
+        let body = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        Ok((status, body))
+    }
+
+    /// One request to the API; the status and the body as text.
+    async fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> Result<(u16, String), String> {
+        self.request_accepting(method, path, token, body, "application/json")
+            .await
+    }
+
+    /// [`Api::request`] with an `Accept` header (a browser sends `text/html`).
+    async fn request_accepting(
+        &self,
+        method: http::Method,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+        accept: &str,
+    ) -> Result<(u16, String), String> {
         let tcp = TcpStream::connect(self.addr)
             .await
             .map_err(|e| e.to_string())?;
@@ -928,13 +984,19 @@ impl Api {
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = Request::builder()
-            .method(http::Method::POST)
-            .uri(format!("/v1/tools/{tool}/invoke"))
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
             .header(http::header::HOST, self.addr.to_string())
-            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(input.to_owned())))
+            .header(http::header::ACCEPT, accept);
+        if let Some(token) = token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if !body.is_empty() {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.to_owned())))
             .map_err(|e| e.to_string())?;
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
@@ -944,7 +1006,82 @@ impl Api {
             .await
             .map_err(|e| e.to_string())?
             .to_bytes();
-        let body = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-        Ok((status, body))
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
+}
+
+/// The whole "connect your account" round trip as the agent's UI and the user's browser do
+/// it: the sign-in URL from behalf, consent at the provider, the redirect back to behalf's
+/// callback. The callback's status and page.
+async fn connect_account(
+    api: &Api,
+    mock: &Mock,
+    token: &str,
+    user: &str,
+) -> Result<(u16, String), String> {
+    let (status, body) = api
+        .request(
+            http::Method::GET,
+            "/v1/connect/google_calendar",
+            Some(token),
+            "",
+        )
+        .await?;
+    let body: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    let url = body["authorize_url"]
+        .as_str()
+        .ok_or_else(|| format!("no sign-in URL ({status}): {body}"))?;
+    let back = consent(mock, url, user).await?;
+    let path = back
+        .strip_prefix(&format!("http://{}", api.addr))
+        .ok_or_else(|| format!("redirected elsewhere: {back}"))?;
+    // The browser follows the redirect: no identity token, and it wants a page.
+    api.request_accepting(http::Method::GET, path, None, "", "text/html")
+        .await
+}
+
+/// The user's browser at the mock provider's consent screen: opens `url` as `user` (who
+/// consents) and returns where the provider redirects it.
+async fn consent(mock: &Mock, url: &str, user: &str) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    let target = crate::policy::Target::parse(url).map_err(|e| e.to_string())?;
+    let host = target.origin.host.to_string();
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = rustls::pki_types::CertificateDer::from_pem_slice(mock.ca_pem.as_bytes())
+        .map_err(|e| e.to_string())?;
+    roots.add(ca).map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(mock.addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let path = match &target.query {
+        Some(q) => format!("{}?{q}", target.path),
+        None => target.path.clone(),
+    };
+    let req = Request::get(path)
+        .header(http::header::HOST, host)
+        .header("x-demo-user", user)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    resp.headers()
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| format!("the provider answered {} without a redirect", resp.status()))
 }

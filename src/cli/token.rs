@@ -32,6 +32,11 @@ pub struct MintArgs {
     /// How long the token lives (at most 24h), e.g. 15m, 1h.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: Duration,
+    /// Mark the token as an admin of --tenant, for the admin API (`/v1/admin/secrets`): it may
+    /// set, list and delete that tenant's credentials. Development mode only, like every
+    /// minted token.
+    #[arg(long)]
+    admin: bool,
 }
 
 /// Runs a token subcommand.
@@ -56,7 +61,12 @@ pub fn run(cmd: TokenCommand, policies: &Path, state: Option<&Path>) -> u8 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    match dev::mint(
+    let mint = if args.admin {
+        dev::mint_admin
+    } else {
+        dev::mint
+    };
+    match mint(
         true,
         &state,
         &principal.tenant,

@@ -1,17 +1,19 @@
 //! The development issuer (`dev = true` only): HS256 with a key generated in `state_dir`,
-//! allowed to speak for every tenant, and the `behalf token mint` that uses it.
+//! allowed to speak for every tenant, and the `behalf token mint` that uses it. A token with
+//! `"behalf_admin": true` ([`ADMIN_CLAIM`], `behalf token mint --admin`) is an admin of its
+//! tenant for the admin API.
 //!
 //! # Security
 //!
 //! Anyone who can read `state_dir/dev-identity.key` can mint a token for any user of any
-//! tenant. That is the point in development and why this issuer does not exist without
-//! `dev = true`.
+//! tenant, admins included. That is the point in development and why this issuer does not
+//! exist without `dev = true`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::jwks::Jwk;
 use super::jwt::{self, VerifyingKey};
-use super::{IdentityError, Keys, Tenants, TrustedIssuer};
+use super::{AdminMarker, IdentityError, Keys, Tenants, TrustedIssuer};
 use crate::policy::settings::{Algorithm, Issuer, IssuerTenants, KeySource};
 use crate::principal::{GroupId, TenantId, UserId};
 use crate::state::{StateDir, StateError};
@@ -26,6 +28,15 @@ pub const AUDIENCE: &str = "behalf";
 pub const KEY_FILE: &str = "dev-identity.key";
 /// The longest development token.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The claim that marks a development token as an admin of its tenant, when `true`.
+pub const ADMIN_CLAIM: &str = "behalf_admin";
+
+pub(super) fn admin_marker() -> AdminMarker {
+    AdminMarker {
+        claim: ADMIN_CLAIM.into(),
+        value: serde_json::Value::Bool(true),
+    }
+}
 
 fn config(state: &StateDir) -> Issuer {
     Issuer {
@@ -40,6 +51,8 @@ fn config(state: &StateDir) -> Issuer {
         groups_claim: "groups".into(),
         max_ttl: MAX_TTL,
         clock_skew: Duration::from_secs(60),
+        // Marked by `admin_marker` instead: this claim is a boolean, not a configured string.
+        admin: None,
     }
 }
 
@@ -52,6 +65,7 @@ pub(super) fn issuer(state: &StateDir) -> Result<TrustedIssuer, IdentityError> {
             kid: None,
             key: VerifyingKey::Hmac(zeroize::Zeroizing::new(key.to_vec())),
         }]),
+        admin: Some(admin_marker()),
     })
 }
 
@@ -82,6 +96,34 @@ pub fn mint(
     groups: &[GroupId],
     ttl: Duration,
 ) -> Result<String, MintError> {
+    mint_token(dev, state, tenant, user, groups, ttl, false)
+}
+
+/// As [`mint`], marked as an admin of `tenant` for the admin API (`"behalf_admin": true`).
+///
+/// # Security
+///
+/// Such a token may read the names of, and set and delete, every credential of `tenant`.
+pub fn mint_admin(
+    dev: bool,
+    state: &StateDir,
+    tenant: &TenantId,
+    user: &UserId,
+    groups: &[GroupId],
+    ttl: Duration,
+) -> Result<String, MintError> {
+    mint_token(dev, state, tenant, user, groups, ttl, true)
+}
+
+fn mint_token(
+    dev: bool,
+    state: &StateDir,
+    tenant: &TenantId,
+    user: &UserId,
+    groups: &[GroupId],
+    ttl: Duration,
+    admin: bool,
+) -> Result<String, MintError> {
     if !dev {
         return Err(MintError::NotDev);
     }
@@ -92,7 +134,7 @@ pub fn mint(
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let claims = serde_json::json!({
+    let mut claims = serde_json::json!({
         "iss": ISSUER,
         "aud": AUDIENCE,
         "sub": user.as_str(),
@@ -101,5 +143,8 @@ pub fn mint(
         "iat": now,
         "exp": now + ttl.as_secs(),
     });
+    if admin {
+        claims[ADMIN_CLAIM] = true.into();
+    }
     Ok(jwt::sign_hs256(&key[..], None, &claims))
 }

@@ -5,11 +5,18 @@
 //! maximum lifetime and the tenants it may speak for. Verified tokens are cached by their
 //! SHA-256 until `exp`.
 //!
+//! An issuer may also mark some of its tokens as **admins of their own tenant** (`admin =
+//! { claim, value }` in `behalf.toml`; `behalf_admin = true` for the development issuer).
+//! Only [`Verifier::verify_admin`] looks at that mark, for the admin API; every other front
+//! door verifies with [`Verifier::verify`], for which an admin token is an ordinary one.
+//!
 //! # Security
 //!
 //! The token's `iss` only selects which configured issuer's keys to try; nothing in the token
 //! is believed until its signature verifies with a key pinned to the token's algorithm.
 //! Rejections carry a precise reason for the log; callers see only a generic 401/407.
+//! An admin mark is read only from a token that verified in full, only for an issuer that
+//! configures one, and only ever for the tenant that token was verified for.
 
 pub mod dev;
 mod jwks;
@@ -24,7 +31,7 @@ use zeroize::Zeroizing;
 
 use self::jwks::{Jwk, RemoteJwks};
 use self::jwt::VerifyingKey;
-use crate::policy::settings::{Algorithm, Issuer, IssuerTenants, KeySource, Settings};
+use crate::policy::settings::{AdminClaim, Algorithm, Issuer, IssuerTenants, KeySource, Settings};
 use crate::principal::{GroupId, IdError, Principal, TenantId, UserId};
 use crate::state::{StateDir, StateError};
 
@@ -99,6 +106,73 @@ pub enum Rejection {
     Id(#[from] IdError),
 }
 
+/// Why a token may not use the admin API. Logged; the API answers 401 or 403.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminRejection {
+    /// The token does not verify at all.
+    #[error(transparent)]
+    Unauthenticated(#[from] Rejection),
+    /// The token verifies, but its issuer does not mark it as an admin.
+    #[error("{principal} has a valid token, but its issuer does not mark it as an admin")]
+    NotAdmin {
+        /// Who the token is for (for the audit record).
+        principal: Principal,
+    },
+}
+
+/// A principal whose token its issuer marks as an admin of the principal's own tenant: what
+/// [`Verifier::verify_admin`] returns, and the only way to hold one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantAdmin {
+    principal: Principal,
+}
+
+impl TenantAdmin {
+    /// The admin as a principal (tenant, user, groups).
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// The one tenant this admin administers: the tenant its token was verified for.
+    pub fn tenant(&self) -> &TenantId {
+        &self.principal.tenant
+    }
+
+    /// Whether this admin may manage `tenant`'s credentials (only its own tenant's).
+    pub fn administers(&self, tenant: &TenantId) -> bool {
+        self.principal.tenant == *tenant
+    }
+}
+
+/// How an issuer marks admins: a claim, and the JSON value it must equal or (as an array)
+/// contain.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct AdminMarker {
+    claim: String,
+    value: serde_json::Value,
+}
+
+impl AdminMarker {
+    fn configured(admin: &AdminClaim) -> Self {
+        Self {
+            claim: admin.claim.clone(),
+            value: serde_json::Value::String(admin.value.clone()),
+        }
+    }
+
+    /// Whether `claims` (already verified) carry the mark: the claim equals the value, or is
+    /// an array holding it. Any other shape, or no claim, is no mark; types are compared
+    /// strictly (`"true"` is not `true`).
+    pub(crate) fn matches(&self, claims: &serde_json::Map<String, serde_json::Value>) -> bool {
+        match claims.get(&self.claim) {
+            Some(v) if *v == self.value => true,
+            Some(serde_json::Value::Array(list)) => list.contains(&self.value),
+            _ => false,
+        }
+    }
+}
+
 /// Why a [`Verifier`] could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -137,12 +211,22 @@ struct TrustedIssuer {
     config: Issuer,
     tenants: Tenants,
     keys: Keys,
+    admin: Option<AdminMarker>,
+}
+
+/// A verified token: who it is for, until when (`exp`), and whether its issuer marks it as an
+/// admin of that tenant.
+#[derive(Debug, Clone)]
+struct Verified {
+    principal: Principal,
+    exp: i64,
+    admin: bool,
 }
 
 /// Verifies identity tokens against the configured issuers and caches the results.
 pub struct Verifier {
     issuers: Vec<TrustedIssuer>,
-    cache: Mutex<HashMap<[u8; 32], (Principal, i64)>>,
+    cache: Mutex<HashMap<[u8; 32], Verified>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -219,6 +303,7 @@ impl Verifier {
                 config: config.clone(),
                 tenants,
                 keys,
+                admin: config.admin.as_ref().map(AdminMarker::configured),
             });
         }
         if settings.dev {
@@ -254,7 +339,47 @@ impl Verifier {
         token: &str,
         now: SystemTime,
     ) -> Result<(Principal, SystemTime), Rejection> {
-        let at = |exp: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0));
+        let v = self.verify_full(token, now).await?;
+        let exp = UNIX_EPOCH + Duration::from_secs(u64::try_from(v.exp).unwrap_or(0));
+        Ok((v.principal, exp))
+    }
+
+    /// Whether any trusted issuer marks admin tokens (`admin = {...}` on an issuer, or the
+    /// development issuer): the admin API is off otherwise.
+    pub fn admin_enabled(&self) -> bool {
+        self.issuers.iter().any(|i| i.admin.is_some())
+    }
+
+    /// Verifies a token now for the admin API: it must verify exactly as for
+    /// [`Verifier::verify`], and its issuer must mark it as an admin.
+    ///
+    /// # Security
+    ///
+    /// The result administers only the tenant the token was verified for; check
+    /// [`TenantAdmin::administers`] against every tenant a request names.
+    pub async fn verify_admin(&self, token: &str) -> Result<TenantAdmin, AdminRejection> {
+        self.verify_admin_at(token, SystemTime::now()).await
+    }
+
+    /// As [`Verifier::verify_admin`], as of `now`.
+    pub async fn verify_admin_at(
+        &self,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<TenantAdmin, AdminRejection> {
+        let v = self.verify_full(token, now).await?;
+        if v.admin {
+            Ok(TenantAdmin {
+                principal: v.principal,
+            })
+        } else {
+            Err(AdminRejection::NotAdmin {
+                principal: v.principal,
+            })
+        }
+    }
+
+    async fn verify_full(&self, token: &str, now: SystemTime) -> Result<Verified, Rejection> {
         let now = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -262,29 +387,29 @@ impl Verifier {
             .as_ref()
             .try_into()
             .expect("SHA-256 is 32 bytes");
-        if let Some((p, exp)) = self.cache_lock().get(&hash)
-            && now < *exp
+        if let Some(v) = self.cache_lock().get(&hash)
+            && now < v.exp
         {
-            return Ok((p.clone(), at(*exp)));
+            return Ok(v.clone());
         }
-        let (principal, exp) = self.verify_uncached(token, now).await?;
+        let verified = self.verify_uncached(token, now).await?;
         let mut cache = self.cache_lock();
         if cache.len() >= CACHE_LIMIT {
-            cache.retain(|_, (_, exp)| *exp > now);
+            cache.retain(|_, v| v.exp > now);
             if cache.len() >= CACHE_LIMIT {
                 cache.clear();
             }
         }
-        cache.insert(hash, (principal.clone(), exp));
-        Ok((principal, at(exp)))
+        cache.insert(hash, verified.clone());
+        Ok(verified)
     }
 
-    fn cache_lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Principal, i64)>> {
+    fn cache_lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Verified>> {
         // The map holds no invariant a panic could break half-way.
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn verify_uncached(&self, token: &str, now: i64) -> Result<(Principal, i64), Rejection> {
+    async fn verify_uncached(&self, token: &str, now: i64) -> Result<Verified, Rejection> {
         let t = jwt::parse(token)?;
         let alg = jwt::algorithm(&t.header.alg)?;
         if t.header.crit.is_some() {
@@ -358,7 +483,7 @@ impl TrustedIssuer {
         &self,
         claims: &serde_json::Map<String, serde_json::Value>,
         now: i64,
-    ) -> Result<(Principal, i64), Rejection> {
+    ) -> Result<Verified, Rejection> {
         let c = &self.config;
         let skew = i64::try_from(c.clock_skew.as_secs()).unwrap_or(i64::MAX);
         let exp = claim_i64(claims, "exp").ok_or_else(|| Rejection::Claim("exp".into()))?;
@@ -431,7 +556,13 @@ impl TrustedIssuer {
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(Rejection::Claim(c.groups_claim.clone())),
         };
-        Ok((Principal::new(tenant, user, groups), exp))
+        // Read only now that every other check passed; a missing or odd claim is no mark.
+        let admin = self.admin.as_ref().is_some_and(|a| a.matches(claims));
+        Ok(Verified {
+            principal: Principal::new(tenant, user, groups),
+            exp,
+            admin,
+        })
     }
 }
 
@@ -462,4 +593,66 @@ pub fn client_tls(
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Map, Value, json};
+
+    use super::*;
+
+    fn claims(v: Value) -> Map<String, Value> {
+        v.as_object().expect("an object").clone()
+    }
+
+    #[test]
+    fn admin_claim_matches_a_string_or_an_array_holding_it() {
+        let marker = AdminMarker::configured(&AdminClaim {
+            claim: "behalf_roles".into(),
+            value: "secrets-admin".into(),
+        });
+        let yes = [
+            json!({"behalf_roles": "secrets-admin"}),
+            json!({"behalf_roles": ["reader", "secrets-admin"]}),
+            json!({"behalf_roles": ["secrets-admin"], "other": 1}),
+        ];
+        for c in yes {
+            assert!(marker.matches(&claims(c.clone())), "{c}");
+        }
+        let no = [
+            json!({}),
+            json!({"behalf_roles": null}),
+            json!({"behalf_roles": "secrets-admins"}),
+            json!({"behalf_roles": "Secrets-Admin"}),
+            json!({"behalf_roles": ""}),
+            json!({"behalf_roles": []}),
+            json!({"behalf_roles": ["reader"]}),
+            json!({"behalf_roles": [["secrets-admin"]]}),
+            json!({"behalf_roles": {"secrets-admin": true}}),
+            json!({"behalf_roles": true}),
+            json!({"behalf_roles": 1}),
+            json!({"behalf_roles": "secrets-admin reader"}),
+            json!({"roles": "secrets-admin"}),
+            json!({"other": ["secrets-admin"]}),
+        ];
+        for c in no {
+            assert!(!marker.matches(&claims(c.clone())), "{c}");
+        }
+    }
+
+    #[test]
+    fn dev_admin_claim_is_the_boolean_true_only() {
+        let marker = dev::admin_marker();
+        assert!(marker.matches(&claims(json!({"behalf_admin": true}))));
+        assert!(marker.matches(&claims(json!({"behalf_admin": [true]}))));
+        for c in [
+            json!({}),
+            json!({"behalf_admin": false}),
+            json!({"behalf_admin": "true"}),
+            json!({"behalf_admin": 1}),
+            json!({"behalf_admin": null}),
+        ] {
+            assert!(!marker.matches(&claims(c.clone())), "{c}");
+        }
+    }
 }

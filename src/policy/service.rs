@@ -362,7 +362,7 @@ pub enum Inject {
     /// An HMAC signature over parts of the request, keyed by the credential.
     Hmac(HmacForm),
     /// An OAuth2 access token obtained with the credential, sent as `Authorization: Bearer`.
-    OAuth2(OAuth2Form),
+    OAuth2(Box<OAuth2Form>),
 }
 
 /// Which OAuth2 grant exchanges the credential for access tokens.
@@ -658,20 +658,28 @@ impl Service {
             );
         }
         let plaintext_url = match &inject {
-            Some(Inject::OAuth2(o)) => std::iter::once(&o.token_url)
-                .chain(o.connect.iter().map(|c| &c.authorize_url))
-                .chain(o.connect.iter().filter_map(|c| c.revoke_url.as_ref()))
-                .find(|u| u.origin.scheme == Scheme::Http),
+            Some(Inject::OAuth2(o)) => std::iter::once(("token_url", &o.token_url))
+                .chain(
+                    o.connect
+                        .iter()
+                        .map(|c| ("authorize_url", &c.authorize_url)),
+                )
+                .chain(
+                    o.connect
+                        .iter()
+                        .filter_map(|c| c.revoke_url.as_ref().map(|u| ("revoke_url", u))),
+                )
+                .find(|(_, u)| u.origin.scheme == Scheme::Http),
             _ => None,
         };
-        if let (Some(url), Some(i)) = (plaintext_url, &raw.inject)
+        if let (Some((key, url)), Some(i)) = (plaintext_url, &raw.inject)
             && !raw.allow_plaintext
         {
             fail(
                 diags,
                 at(i.span()),
                 format!(
-                    "oauth2 URL `{url}` is plain http: the client secret and tokens would \
+                    "oauth2 `{key}` `{url}` is plain http: the client secret and tokens would \
                      cross the network unencrypted; use https, or set `allow_plaintext = true`"
                 ),
             );
@@ -847,7 +855,7 @@ fn parse_inject(raw: &RawInject) -> Result<Inject, InjectError> {
         return parse_hmac(h).map(Inject::Hmac);
     }
     if let Some(o) = &raw.oauth2 {
-        return parse_oauth2(o.get_ref()).map(Inject::OAuth2);
+        return parse_oauth2(o.get_ref()).map(|o| Inject::OAuth2(Box::new(o)));
     }
     let s = raw
         .aws_sigv4

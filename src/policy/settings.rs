@@ -111,6 +111,26 @@ pub struct Issuer {
     pub max_ttl: Duration,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`.
     pub clock_skew: Duration,
+    /// The claim that marks a token as an admin of its own tenant (the admin API); `None`:
+    /// this issuer's tokens are never admins.
+    pub admin: Option<AdminClaim>,
+}
+
+/// `admin = { claim = "...", value = "..." }` on an issuer: a verified token from it is an
+/// admin of the tenant it was verified for when `claim` equals `value`, or is an array
+/// holding it.
+///
+/// # Security
+///
+/// Only ever widens what a token of *this* issuer may do, within the tenant the issuer already
+/// speaks for; a claim of any other shape makes no admin (and rejects nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminClaim {
+    /// The claim's name, e.g. `behalf_roles`.
+    pub claim: String,
+    /// The value that marks an admin, e.g. `secrets-admin`.
+    pub value: String,
 }
 
 /// The secret backend kind.
@@ -218,6 +238,7 @@ struct RawIssuer {
     max_ttl: Duration,
     #[serde(default = "default_clock_skew", deserialize_with = "units::duration")]
     clock_skew: Duration,
+    admin: Option<Spanned<AdminClaim>>,
 }
 
 fn default_tenant_claim() -> String {
@@ -491,6 +512,20 @@ impl Issuer {
                 None
             }
         };
+        let admin = raw.admin.map(|a| {
+            let span = a.span();
+            let admin = a.into_inner();
+            if admin.claim.is_empty() || admin.value.is_empty() {
+                fail(
+                    diags,
+                    span,
+                    "`admin` needs a non-empty `claim` and `value`, e.g. \
+                     `admin = { claim = \"behalf_roles\", value = \"secrets-admin\" }`"
+                        .into(),
+                );
+            }
+            admin
+        });
         if !ok {
             return None;
         }
@@ -505,6 +540,7 @@ impl Issuer {
             groups_claim: raw.groups_claim,
             max_ttl: raw.max_ttl,
             clock_skew: raw.clock_skew,
+            admin,
         })
     }
 }

@@ -41,12 +41,24 @@ fn the_demo_runs_end_to_end_and_every_expectation_holds() {
             "(1 exchange) and sent `Authorization: Bearer ya29.demo-ali…`",
         ),
         (
+            "✓ bob asks for his calendar before connecting his Google account",
+            "refused, nothing sent: the request is allowed, but credential `user:google` is not stored",
+        ),
+        (
+            "✓ bob connects his Google account",
+            "exchanged the code itself and stored his refresh token (`Connected`)",
+        ),
+        (
             "✓ alice asks again, and bob asks for his",
-            "reused (still 1 exchange); bob got his own",
+            "reused (still 1 exchange); bob's call carried the access token from his sign-in (no exchange)",
         ),
         (
             "✓ the calendar API revokes every access token",
             "refreshed it behind the tool's back and retried once",
+        ),
+        (
+            "✓ bob disconnects his Google account",
+            "revoked his refresh token at Google, deleted it",
         ),
         (
             "✓ hostile reads env and files",

@@ -325,6 +325,7 @@ fn issuer(
         groups_claim: "groups".into(),
         max_ttl: Duration::from_secs(3600),
         clock_skew: Duration::from_secs(SKEW),
+        admin: None,
     }
 }
 

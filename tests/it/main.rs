@@ -1,5 +1,7 @@
 //! Integration tests: one binary so heavy dependencies link once.
 
+mod account_connect;
+mod admin;
 mod audit;
 mod ca;
 mod cli_policy;

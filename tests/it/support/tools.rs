@@ -80,6 +80,10 @@ pub struct ToolConfig {
     /// A tools directory to use instead of `fixtures/tools` (e.g. a copy with edited
     /// manifests).
     pub tools_dir: Option<PathBuf>,
+    /// More host names the mock API answers for, beside [`TOOL_HOSTS`]: it gets a certificate
+    /// for each and `--connect-to` sends `https://<host>` to it (tell them apart by
+    /// [`super::Recorded::sni`]).
+    pub extra_hosts: Vec<String>,
 }
 
 /// A running sidecar API over the example tools.
@@ -145,7 +149,12 @@ impl ToolHarness {
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path().to_owned();
         let ca = TestCa::new(&base.join("test-ca.pem"));
-        let upstream = MockUpstream::start(Some(ca.server_config(TOOL_HOSTS))).await;
+        let hosts: Vec<&str> = TOOL_HOSTS
+            .iter()
+            .copied()
+            .chain(config.extra_hosts.iter().map(String::as_str))
+            .collect();
+        let upstream = MockUpstream::start(Some(ca.server_config(&hosts))).await;
 
         // Policies: the shipped services and tenants, plus this test's additions.
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
@@ -201,7 +210,7 @@ impl ToolHarness {
         let dave = mint(&state, "acme", "dave", &["support"]);
         let carol = mint(&state, "globex", "carol", &[]);
 
-        let connect_to: Vec<(Origin, SocketAddr)> = TOOL_HOSTS
+        let connect_to: Vec<(Origin, SocketAddr)> = hosts
             .iter()
             .map(|h| {
                 (
