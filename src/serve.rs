@@ -149,6 +149,7 @@ impl Sidecar {
             &state,
             progress,
         )?);
+        let metrics = Arc::new(Metrics::new(egress.metrics()));
         Ok(Self {
             policy,
             state,
@@ -156,7 +157,7 @@ impl Sidecar {
             verifier,
             ca,
             sandbox,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
         })
     }
 

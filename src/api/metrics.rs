@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::audit::AuditLog;
+use crate::egress::metrics::EgressMetrics;
 use crate::sandbox::Sandbox;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,16 +37,11 @@ pub struct Metrics {
     audit_head: Gauge,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    /// Registers every metric.
-    pub fn new() -> Self {
+    /// Registers every metric, including the pipeline's own (`egress`).
+    pub fn new(egress: &EgressMetrics) -> Self {
         let mut registry = Registry::with_prefix("behalf");
+        egress.register(&mut registry);
         let invocations = Family::<InvokeLabels, Counter>::default();
         registry.register(
             "tool_invocations",

@@ -18,6 +18,7 @@ pub mod body;
 mod clean;
 pub mod connect;
 mod error;
+pub mod metrics;
 mod normalise;
 pub mod scrub;
 
@@ -119,6 +120,7 @@ pub struct Egress {
     overrides: Arc<HashMap<Origin, SocketAddr>>,
     limits: Limits,
     tokens: oauth2::Tokens,
+    metrics: metrics::EgressMetrics,
 }
 
 impl std::fmt::Debug for Egress {
@@ -180,6 +182,7 @@ impl Egress {
         Ok(Self {
             limits: settings.limits.clone(),
             tokens: oauth2::Tokens::new(secrets.clone()),
+            metrics: metrics::EgressMetrics::default(),
             policy,
             secrets,
             audit,
@@ -196,6 +199,11 @@ impl Egress {
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// The pipeline's metrics (register them with [`metrics::EgressMetrics::register`]).
+    pub fn metrics(&self) -> &metrics::EgressMetrics {
+        &self.metrics
     }
 
     /// The secret store.
@@ -223,6 +231,8 @@ impl Egress {
             client,
             timeout: self.limits.upstream_timeout,
             origin: &url.origin,
+            service: &service.name,
+            metrics: &self.metrics,
         };
         oauth2::Exchange::send(&endpoint, req).await
     }
@@ -435,9 +445,12 @@ impl Egress {
         };
         strip_hop_by_hop(&mut resp_parts.headers);
 
-        // 9. Audit, when the response body has ended (with its size and outcome).
+        // 9. Audit and count, when the response body has ended (with its size and outcome).
         entry.status = Some(resp_parts.status.as_u16());
+        self.metrics
+            .latency(&self.policy, &entry.origin, started.elapsed());
         let audit = self.audit.clone();
+        let (metrics, policy) = (self.metrics.clone(), self.policy.clone());
         let metered = body::Metered::new(
             resp_body,
             self.limits.max_response_body,
@@ -454,6 +467,7 @@ impl Egress {
                         _ => "aborted".into(),
                     });
                 }
+                metrics.count(&policy, &entry);
                 if let Err(e) = audit.record(entry) {
                     tracing::error!(error = %e, "audit record for a completed request could not be written");
                 }
@@ -531,6 +545,8 @@ impl Egress {
                 .expect("a client is built for every service of this policy"),
             timeout: self.limits.upstream_timeout,
             origin: &oauth2.token_url.origin,
+            service: &service.name,
+            metrics: &self.metrics,
         };
         let issued = self
             .tokens
@@ -638,6 +654,9 @@ impl Egress {
         });
         entry.status = Some(err.status().as_u16());
         entry.duration_ms = started.elapsed().as_millis() as u64;
+        self.metrics.count(&self.policy, &entry);
+        self.metrics
+            .latency(&self.policy, &entry.origin, started.elapsed());
         match self.audit.record(entry) {
             Ok(_) => err,
             Err(e) => {
@@ -817,11 +836,22 @@ struct TokenEndpoint<'a> {
     client: &'a connect::UpstreamClient,
     timeout: std::time::Duration,
     origin: &'a Origin,
+    service: &'a ServiceName,
+    metrics: &'a metrics::EgressMetrics,
 }
 
 impl oauth2::Exchange for TokenEndpoint<'_> {
     fn send(&self, req: Request<Bytes>) -> oauth2::Exchanged<'_> {
-        Box::pin(self.exchange(req))
+        Box::pin(async move {
+            let result = self.exchange(req).await;
+            let outcome = match &result {
+                Ok((status, _)) if status.is_success() => "ok",
+                Ok(_) => "rejected",
+                Err(_) => "failed",
+            };
+            self.metrics.exchange(self.service, outcome);
+            result
+        })
     }
 }
 

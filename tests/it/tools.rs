@@ -746,6 +746,53 @@ async fn health_and_metrics() {
     assert_audit_clean(&h);
 }
 
+/// The pipeline's counters move with the requests tools make: allowed and denied requests by
+/// tenant, service, decision and status, a latency sample per request, and no user id as a
+/// label value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_metrics_count_each_request_by_tenant_service_and_decision() {
+    let h = ToolHarness::start().await;
+    let scrape = || async {
+        let (status, _, body) = request(&h, "GET", "/metrics", None, None).await;
+        assert_eq!(status, 200, "{body}");
+        body.as_str().unwrap().to_owned()
+    };
+    let value = |text: &str, series: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    };
+    let allowed = "behalf_egress_requests_total{tenant=\"acme\",service=\"github\",decision=\"allow\",status=\"200\"}";
+    let denied = "behalf_egress_requests_total{tenant=\"globex\",service=\"github\",decision=\"deny\",status=\"403\"}";
+    let before = scrape().await;
+    assert_eq!(value(&before, allowed), 0, "{before}");
+
+    for token in [&h.alice, &h.bob] {
+        let (status, body) = invoke(&h, token, "github_issues", json!({"repo": "acme/web"})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // carol (globex) has no grant for acme's repos: denied at the boundary.
+    let (status, body) = invoke(&h, &h.carol, "github_issues", json!({"repo": "acme/web"})).await;
+    assert_eq!(status, 403, "{body}");
+
+    let after = scrape().await;
+    assert_eq!(value(&after, allowed), 2, "{after}");
+    assert_eq!(value(&after, denied), 1, "{after}");
+    assert!(
+        value(
+            &after,
+            "behalf_egress_response_seconds_count{service=\"github\"}"
+        ) >= 3,
+        "{after}"
+    );
+    for user in ["alice", "bob", "carol"] {
+        assert!(
+            !after.contains(user),
+            "user ids are never label values: {user}"
+        );
+    }
+}
+
 /// An unknown `?format=` is refused, not silently answered in another shape that the model
 /// provider would then reject.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
