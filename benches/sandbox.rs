@@ -69,6 +69,7 @@ fn bench(c: &mut Criterion) {
     // The sandbox sizes its engine's pool by the largest memory limit of the installed tools.
     let max_memory = sidecar
         .sandbox
+        .tools()
         .manifests()
         .map(|m| m.limits.memory)
         .max()

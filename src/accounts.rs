@@ -36,7 +36,7 @@ use crate::audit::{Entry, Outcome};
 use crate::egress::Egress;
 use crate::inject::oauth2::{self, TokenError};
 use crate::policy::service::{ConnectForm, OAuth2Form};
-use crate::policy::{CredentialScope, Inject, Service, ServiceName};
+use crate::policy::{CredentialScope, Inject, PolicySet, Service, ServiceName};
 use crate::principal::Principal;
 use crate::secrets::{Namespace, OAuth2Credentials, SecretError, SecretId};
 
@@ -250,11 +250,10 @@ impl std::fmt::Debug for Accounts {
 
 /// A connectable service by name: its oauth2 form and connect settings.
 fn connectable<'a>(
-    egress: &'a Egress,
+    policy: &'a PolicySet,
     name: &str,
 ) -> Result<(&'a Service, &'a OAuth2Form, &'a ConnectForm), ConnectError> {
-    let service = egress
-        .policy()
+    let service = policy
         .services()
         .iter()
         .find(|s| s.name.as_str() == name)
@@ -329,8 +328,9 @@ impl Accounts {
         principal: &Principal,
         service: &str,
     ) -> Result<Started, ConnectError> {
-        let (service, form, connect) = connectable(egress, service)?;
-        if !egress.policy().grants_service(principal, &service.name) {
+        let policy = egress.policy();
+        let (service, form, connect) = connectable(&policy, service)?;
+        if !policy.grants_service(principal, &service.name) {
             return Err(ConnectError::NotGranted(service.name.clone()));
         }
         let client = app_client(egress, service, connect, principal)?;
@@ -432,7 +432,7 @@ impl Accounts {
         let result = self
             .exchange(egress, service, &params, pending, caller)
             .await;
-        let credential = connectable(egress, service)
+        let credential = connectable(&egress.policy(), service)
             .ok()
             .and_then(|(s, _, _)| s.credential.as_ref().map(ToString::to_string));
         let outcome = result.as_ref().map(|()| 200);
@@ -454,14 +454,15 @@ impl Accounts {
             .list(Some(&principal.tenant))
             .map_err(ConnectError::Store)?;
         let mut out = Vec::new();
-        for service in egress.policy().services() {
+        let policy = egress.policy();
+        for service in policy.services() {
             let Some(Inject::OAuth2(form)) = &service.inject else {
                 continue;
             };
             if form.connect.is_none() {
                 continue;
             }
-            if !egress.policy().grants_service(principal, &service.name) {
+            if !policy.grants_service(principal, &service.name) {
                 continue;
             }
             let (Some(id), Some(credential)) =
@@ -501,7 +502,7 @@ impl Accounts {
             service.chars().take(64).collect::<String>()
         );
         let result = self.remove(egress, principal, service).await;
-        let credential = connectable(egress, service)
+        let credential = connectable(&egress.policy(), service)
             .ok()
             .and_then(|(s, _, _)| s.credential.as_ref().map(ToString::to_string));
         let outcome = result.as_ref().map(|_| 200);
@@ -522,7 +523,8 @@ impl Accounts {
         principal: &Principal,
         service: &str,
     ) -> Result<Disconnected, ConnectError> {
-        let (service, form, connect) = connectable(egress, service)?;
+        let policy = egress.policy();
+        let (service, form, connect) = connectable(&policy, service)?;
         let id = user_credential(service, principal)
             .ok_or_else(|| ConnectError::NotConnectable(service.name.clone()))?;
         let stored = match egress.secrets().get(&id.namespace, &id.name) {
@@ -587,7 +589,8 @@ impl Accounts {
         }) {
             return Err(ConnectError::WrongUser);
         }
-        let (service, form, connect) = connectable(egress, service)?;
+        let policy = egress.policy();
+        let (service, form, connect) = connectable(&policy, service)?;
         if let Some(error) = params.get("error") {
             let error = oauth2::registered_error(error).unwrap_or("error");
             return Err(ConnectError::Declined {

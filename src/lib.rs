@@ -16,9 +16,11 @@
 //!   and OAuth2 access tokens).
 //! - [`accounts`]: end users connecting their own accounts (OAuth2 authorization code + PKCE).
 //! - [`proxy`]: the forward-proxy front door.
+//! - [`door`]: what both front doors share: bounded accepting, draining on shutdown.
 //! - [`sandbox`]: tools as wasm components in wasmtime, one fresh instance per call.
 //! - [`api`]: the sidecar HTTP API the agent calls (invoke, list tools, health, metrics).
 //! - [`serve`]: assembling the sidecar before any port is bound.
+//! - [`reload`]: hot reload of the policy and tools while serving.
 //! - [`audit`]: the HMAC-chained, fsynced audit log of every decision, and its verification.
 //! - [`state`]: the private state directory and atomic, 0600 file writes.
 //! - [`demo`]: `behalf demo`, the end-to-end story on loopback.
@@ -33,12 +35,14 @@ pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod demo;
+pub mod door;
 pub mod egress;
 pub mod identity;
 pub mod inject;
 pub mod policy;
 pub mod principal;
 pub mod proxy;
+pub mod reload;
 pub mod sandbox;
 pub mod secrets;
 pub mod serve;

@@ -13,6 +13,7 @@ use crate::identity::{IdentityError, Verifier};
 use crate::policy::{LoadError, Origin, PolicySet};
 use crate::proxy::Proxy;
 use crate::proxy::ca::{Ca, CaError};
+use crate::reload::Reloader;
 use crate::sandbox::{Sandbox, SandboxError, ToolReady};
 use crate::secrets::{self, SecretError};
 use crate::state::{StateDir, StateError};
@@ -77,7 +78,7 @@ impl StartError {
 /// A started-but-not-listening sidecar.
 #[derive(Debug)]
 pub struct Sidecar {
-    /// The policy in force.
+    /// The policy loaded at start (the one in force after reloads is `egress.policy()`).
     pub policy: Arc<PolicySet>,
     /// The state directory.
     pub state: StateDir,
@@ -91,6 +92,8 @@ pub struct Sidecar {
     pub sandbox: Arc<Sandbox>,
     /// The metrics `/metrics` shows.
     pub metrics: Arc<Metrics>,
+    /// Reloads the policy and tools while serving.
+    pub reloader: Arc<Reloader>,
 }
 
 impl Sidecar {
@@ -149,7 +152,13 @@ impl Sidecar {
             &state,
             progress,
         )?);
-        let metrics = Arc::new(Metrics::new(egress.metrics()));
+        let reloader = Arc::new(Reloader::new(
+            options.policies.clone(),
+            state.clone(),
+            egress.clone(),
+            sandbox.clone(),
+        ));
+        let metrics = Arc::new(Metrics::new(egress.metrics(), &reloader));
         Ok(Self {
             policy,
             state,
@@ -158,6 +167,7 @@ impl Sidecar {
             ca,
             sandbox,
             metrics,
+            reloader,
         })
     }
 
@@ -168,6 +178,7 @@ impl Sidecar {
             self.verifier.clone(),
             self.egress.clone(),
             self.metrics.clone(),
+            self.reloader.clone(),
         ))
     }
 

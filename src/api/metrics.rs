@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 
 use crate::audit::AuditLog;
 use crate::egress::metrics::EgressMetrics;
+use crate::reload::Reloader;
 use crate::sandbox::Sandbox;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,10 +39,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric, including the pipeline's own (`egress`).
-    pub fn new(egress: &EgressMetrics) -> Self {
+    /// Registers every metric, including the pipeline's (`egress`) and reloads'.
+    pub fn new(egress: &EgressMetrics, reload: &Reloader) -> Self {
         let mut registry = Registry::with_prefix("behalf");
         egress.register(&mut registry);
+        reload.register(&mut registry);
         let invocations = Family::<InvokeLabels, Counter>::default();
         registry.register(
             "tool_invocations",
@@ -85,7 +87,7 @@ impl Metrics {
         status: http::StatusCode,
         elapsed: Duration,
     ) {
-        let tool = if sandbox.manifests().any(|m| m.name.as_str() == tool) {
+        let tool = if sandbox.tools().contains(tool) {
             tool.to_owned()
         } else {
             "unknown".to_owned()

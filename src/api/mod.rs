@@ -28,15 +28,16 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 pub use self::metrics::Metrics;
 use crate::accounts::Accounts;
 use crate::audit::{Entry, Outcome};
+use crate::door::Door;
 use crate::egress::body::empty_error;
 use crate::egress::{BoxBody, Egress, error_response};
 use crate::identity::Verifier;
 use crate::principal::Principal;
+use crate::reload::Reloader;
 use crate::sandbox::{Sandbox, ToolError};
 
 /// A request head must arrive within this long.
@@ -49,6 +50,7 @@ pub struct Api {
     verifier: Arc<Verifier>,
     egress: Arc<Egress>,
     metrics: Arc<Metrics>,
+    reloader: Arc<Reloader>,
     accounts: Accounts,
 }
 
@@ -59,12 +61,14 @@ impl Api {
         verifier: Arc<Verifier>,
         egress: Arc<Egress>,
         metrics: Arc<Metrics>,
+        reloader: Arc<Reloader>,
     ) -> Self {
         Self {
             sandbox,
             verifier,
             egress,
             metrics,
+            reloader,
             accounts: Accounts::default(),
         }
     }
@@ -77,29 +81,11 @@ impl Api {
         max_connections: usize,
         shutdown: impl Future<Output = ()>,
     ) {
-        let permits = Arc::new(Semaphore::new(max_connections));
+        let door = Door::new("api", max_connections);
         tokio::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                _ = &mut shutdown => return,
-                p = permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-            };
-            let stream = tokio::select! {
-                _ = &mut shutdown => return,
-                a = listener.accept() => match a {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "API accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
+        while let Some((stream, permit)) = door.accept(&listener, &mut shutdown).await {
             let api = self.clone();
+            let draining = door.draining();
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let api = api.clone();
@@ -111,15 +97,23 @@ impl Api {
                     .http1()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT);
-                if let Err(e) = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                let ended = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = draining => {
+                        // Shutting down: finish the invocation in progress, then close.
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = ended {
                     tracing::debug!(error = %e, "API connection ended with an error");
                 }
                 drop(permit);
             });
         }
+        door.drain().await;
     }
 
     /// Routes one request.
@@ -180,17 +174,24 @@ impl Api {
 
     fn healthz(&self) -> Response<BoxBody> {
         let audit = self.egress.audit();
+        let reload = self.reloader.status();
         let healthy = audit.healthy();
         let body = json!({
             "status": if healthy { "ok" } else { "degraded" },
             "dev": self.egress.policy().settings().dev,
-            "policy": { "generation": 1, "last_reload_error": Value::Null },
+            "policy": {
+                "generation": reload.generation,
+                "last_reload_error": reload.last_error,
+                "last_reload_at": reload
+                    .last_attempt
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+            },
             "audit": {
                 "healthy": healthy,
                 "head_seq": audit.head_seq(),
                 "last_error": audit.last_error(),
             },
-            "tools": self.sandbox.manifests().count(),
+            "tools": self.sandbox.tools().manifests().count(),
             "sandbox_instances_in_use": self.sandbox.in_use(),
         });
         let status = if healthy {
@@ -239,6 +240,7 @@ impl Api {
         let tools: Vec<Value> = self
             .sandbox
             .allowed(&principal)
+            .iter()
             .map(|m| {
                 if anthropic {
                     json!({

@@ -69,7 +69,9 @@ pub enum Command {
     /// The interception CA.
     #[command(subcommand)]
     Ca(ca::CaCommand),
-    /// Run the sidecar: the tool API and the forward proxy, until SIGINT or SIGTERM.
+    /// Run the sidecar: the tool API and the forward proxy, until SIGINT or SIGTERM. Changes to
+    /// the policies and tools directories are reloaded live (also on SIGHUP); behalf.toml
+    /// changes need a restart.
     Serve(serve::ServeArgs),
 }
 

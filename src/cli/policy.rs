@@ -1,13 +1,17 @@
-//! `behalf policy check|explain|test`: the policy author's tools.
+//! `behalf policy check|explain|test|diff`: the policy author's and reviewer's tools.
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 
 use super::exit;
+use crate::policy;
 use crate::policy::testing::{self, Outcome};
-use crate::policy::{Client, Decision, Diagnostics, GrantCheck, Inject, Service, Sources, target};
+use crate::policy::{
+    Client, Decision, Diagnostics, GrantCheck, Inject, PolicySet, Service, Sources, target,
+};
 use crate::principal::Principal;
 
 /// Policy subcommands.
@@ -26,6 +30,23 @@ pub enum PolicyCommand {
         /// The policies directory (defaults to --policies).
         dir: Option<PathBuf>,
     },
+    /// Compare two policy sets for review: which principals gain or lose which access, and
+    /// which service and trust settings changed (`!` marks the security-relevant ones).
+    /// Exit 0 when they give the same access and settings, 1 when they differ, 64 if either
+    /// does not load.
+    Diff(DiffArgs),
+}
+
+/// Arguments of `behalf policy diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The policies directory before the change.
+    old: PathBuf,
+    /// The policies directory after the change.
+    new: PathBuf,
+    /// Print the differences as JSON (one object: summary, tenants, services, settings).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `behalf policy explain`.
@@ -55,6 +76,68 @@ pub fn run(cmd: PolicyCommand, policies: &Path) -> u8 {
         PolicyCommand::Check { dir } => check(dir.as_deref().unwrap_or(policies)),
         PolicyCommand::Explain(args) => explain(&args, policies),
         PolicyCommand::Test { dir } => test(dir.as_deref().unwrap_or(policies)),
+        PolicyCommand::Diff(args) => diff(&args),
+    }
+}
+
+fn diff(args: &DiffArgs) -> u8 {
+    // Load both before giving up, so that one run reports every error in either.
+    let (old, new) = match (PolicySet::load(&args.old), PolicySet::load(&args.new)) {
+        (Ok(old), Ok(new)) => (old, new),
+        (old, new) => {
+            for e in [old.err(), new.err()].into_iter().flatten() {
+                eprintln!("{e}");
+            }
+            return exit::CONFIG;
+        }
+    };
+    // Two copies side by side share a tools dir: say each warning once.
+    let mut warned = BTreeSet::new();
+    for w in old.warnings().iter().chain(new.warnings()) {
+        if warned.insert(w.to_string()) {
+            eprintln!("{w}");
+        }
+    }
+    let diff = policy::diff::diff(&old, &new);
+    let text = if args.json {
+        #[derive(serde::Serialize)]
+        struct Report<'a> {
+            old: String,
+            new: String,
+            differences: bool,
+            summary: policy::diff::Summary,
+            #[serde(flatten)]
+            diff: &'a policy::diff::Diff,
+        }
+        let report = Report {
+            old: args.old.display().to_string(),
+            new: args.new.display().to_string(),
+            differences: !diff.is_empty(),
+            summary: diff.summary(),
+            diff: &diff,
+        };
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => json + "\n",
+            Err(e) => {
+                eprintln!("error: cannot write the report as JSON: {e}");
+                return exit::INTERNAL;
+            }
+        }
+    } else {
+        diff.to_string()
+    };
+    // A reader that stops early (`| head`) is not a failure; the exit code still answers.
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: cannot write the report: {e}");
+        return exit::INTERNAL;
+    }
+    if diff.is_empty() {
+        exit::OK
+    } else {
+        exit::NEGATIVE
     }
 }
 

@@ -2,11 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use clap::Args;
 
 use super::exit;
 use crate::policy::Origin;
+use crate::reload::{Reloader, WATCH_INTERVAL};
 use crate::serve::{Options, Sidecar, parse_connect_to};
 
 /// Arguments of `behalf serve`.
@@ -71,6 +73,7 @@ async fn serve(args: ServeArgs, policies: &Path, state: Option<&Path>) -> u8 {
     };
     let api_addr = api_listener.local_addr().unwrap_or(api_addr);
     let proxy_addr = proxy_listener.local_addr().unwrap_or(proxy_addr);
+    let signals = shutdown_signal();
     banner(&sidecar, api_addr, proxy_addr, &options);
     let max_connections = settings.limits.max_connections;
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -82,14 +85,21 @@ async fn serve(args: ServeArgs, policies: &Path, state: Option<&Path>) -> u8 {
         max_connections,
         until_stopped(stopped.clone()),
     );
-    let proxy = sidecar
-        .proxy()
-        .serve(proxy_listener, max_connections, until_stopped(stopped));
+    let proxy = sidecar.proxy().serve(
+        proxy_listener,
+        max_connections,
+        until_stopped(stopped.clone()),
+    );
+    let watch = sidecar
+        .reloader
+        .clone()
+        .watch(WATCH_INTERVAL, until_stopped(stopped.clone()));
+    let hangup = reload_on_hangup(sidecar.reloader.clone(), until_stopped(stopped));
     let signal = async move {
-        shutdown_signal().await;
+        signals.await;
         let _ = stop.send(true);
     };
-    tokio::join!(api, proxy, signal);
+    tokio::join!(api, proxy, watch, hangup, signal);
     if let Err(e) = sidecar.egress.audit().sync() {
         eprintln!("error: final audit sync failed: {e}");
         return exit::INTERNAL;
@@ -98,19 +108,49 @@ async fn serve(args: ServeArgs, policies: &Path, state: Option<&Path>) -> u8 {
     exit::OK
 }
 
-/// SIGINT (Ctrl-C) or SIGTERM (what container runtimes send; as PID 1 it would otherwise be
-/// ignored).
-async fn shutdown_signal() {
+/// Reloads the policy and tools on every SIGHUP until `shutdown` resolves. The handler is
+/// installed now, not when the future is first polled.
+fn reload_on_hangup(
+    reloader: Arc<Reloader>,
+    shutdown: impl Future<Output = ()>,
+) -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
+    let hangup = signal(SignalKind::hangup());
+    async move {
+        let Ok(mut hangup) = hangup else {
+            return;
+        };
+        tokio::pin!(shutdown);
+        loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                _ = &mut shutdown => return,
+                _ = hangup.recv() => {
+                    let reloader = reloader.clone();
+                    let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                }
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (what container runtimes send; as PID 1 it would otherwise be
+/// ignored). The handlers are installed now, before the banner says behalf is running, so a
+/// signal sent right after it is never missed.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
@@ -137,10 +177,11 @@ fn banner(sidecar: &Sidecar, api: SocketAddr, proxy: SocketAddr, options: &Optio
         "  API           http://{api}  (POST /v1/tools/{{tool}}/invoke, GET /v1/tools, /healthz, /metrics)"
     );
     eprintln!("  forward proxy http://{proxy}  (HTTP, and HTTPS through CONNECT)");
-    let tools: Vec<&str> = sidecar
+    let tools: Vec<String> = sidecar
         .sandbox
+        .tools()
         .manifests()
-        .map(|m| m.name.as_str())
+        .map(|m| m.name.to_string())
         .collect();
     eprintln!(
         "  tools         {}",

@@ -47,6 +47,15 @@ pub enum EgressError {
         /// What the caller or an operator can do.
         hint: String,
     },
+    /// The grant's `rate` or `daily` limit is spent for this user, or the limiter cannot
+    /// track another user (see [`crate::egress::limits`]).
+    #[error("{message}")]
+    RateLimited {
+        /// Which limit, of which grant.
+        message: String,
+        /// Whole seconds until a retry can succeed (at least 1): the `Retry-After` header.
+        retry_after: u64,
+    },
     /// The upstream did not answer in time.
     #[error("upstream timed out: {0}")]
     UpstreamTimeout(String),
@@ -65,6 +74,7 @@ impl EgressError {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Denied(_) | Self::Refused { .. } => StatusCode::FORBIDDEN,
             Self::UpstreamFailed(_) | Self::TokenEndpoint { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -79,6 +89,7 @@ impl EgressError {
             Self::Unauthenticated => "unauthenticated",
             Self::BadRequest(_) | Self::TooLarge(_) => "bad_request",
             Self::Denied(_) | Self::Refused { .. } => "egress_denied",
+            Self::RateLimited { .. } => "rate_limited",
             Self::UpstreamFailed(_) | Self::TokenEndpoint { .. } => "upstream_failed",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::AuditUnavailable => "unavailable",
@@ -102,6 +113,10 @@ impl EgressError {
                 d.kind()
             ),
             Self::Refused { hint, .. } | Self::TokenEndpoint { hint, .. } => hint.clone(),
+            Self::RateLimited { retry_after, .. } => format!(
+                "retry after {retry_after} s (the `Retry-After` header); an operator can raise \
+                 the grant's `rate` or `daily`"
+            ),
             Self::UpstreamFailed(_) | Self::UpstreamTimeout(_) => {
                 "the upstream API did not answer properly; try again later".into()
             }
@@ -112,13 +127,21 @@ impl EgressError {
         }
     }
 
-    /// The JSON error response. `proxy` turns 401 into 407 with `Proxy-Authenticate`.
+    /// The JSON error response. `proxy` turns 401 into 407 with `Proxy-Authenticate`; a
+    /// 429 carries `Retry-After`.
     pub fn to_response(&self, proxy: bool) -> Response<BoxBody> {
         let mut status = self.status();
         if proxy && status == StatusCode::UNAUTHORIZED {
             status = StatusCode::PROXY_AUTHENTICATION_REQUIRED;
         }
-        error_response(status, self.code(), &self.to_string(), &self.hint(), proxy)
+        let mut resp = error_response(status, self.code(), &self.to_string(), &self.hint(), proxy);
+        if let Self::RateLimited { retry_after, .. } = self {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from((*retry_after).max(1)),
+            );
+        }
+        resp
     }
 }
 

@@ -5,7 +5,8 @@
 //! contract documented where it lives:
 //!
 //! 1. [`normalise`](normalise::normalise) the target;
-//! 2. decide ([`PolicySet::decide`]);
+//! 2. decide ([`PolicySet::decide`]), then take one request from the grant's
+//!    [`limits`] for this user;
 //! 3. [`clean`](clean::clean) the request;
 //! 4. resolve the credential ([`Egress::resolve`]) — only now, after Allow;
 //! 5. [`inject`](crate::inject::inject) it;
@@ -18,6 +19,7 @@ pub mod body;
 mod clean;
 pub mod connect;
 mod error;
+pub mod limits;
 pub mod metrics;
 mod normalise;
 pub mod scrub;
@@ -111,22 +113,33 @@ pub enum BuildError {
     },
 }
 
+/// One generation of the policy, with what is built from it. A request runs under the
+/// generation it started with, start to end.
+pub struct Active {
+    /// The policy.
+    pub policy: Arc<PolicySet>,
+    /// Counts swaps: 1 for the policy behalf started with.
+    pub generation: u64,
+    clients: HashMap<ServiceName, connect::UpstreamClient>,
+}
+
 /// Everything the pipeline needs, passed explicitly (no globals).
 pub struct Egress {
-    policy: Arc<PolicySet>,
+    active: std::sync::RwLock<Arc<Active>>,
+    resolver: Arc<dyn Resolver>,
     secrets: Arc<dyn SecretStore>,
     audit: AuditLog,
-    clients: HashMap<ServiceName, connect::UpstreamClient>,
     overrides: Arc<HashMap<Origin, SocketAddr>>,
     limits: Limits,
     tokens: oauth2::Tokens,
     metrics: metrics::EgressMetrics,
+    limiter: limits::Limiter,
 }
 
 impl std::fmt::Debug for Egress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Egress")
-            .field("services", &self.clients.len())
+            .field("generation", &self.active().generation)
             .finish_non_exhaustive()
     }
 }
@@ -160,40 +173,56 @@ impl Egress {
         resolver: Arc<dyn Resolver>,
         overrides: HashMap<Origin, SocketAddr>,
     ) -> Result<Self, BuildError> {
-        let settings = policy.settings();
         let overrides = Arc::new(overrides);
-        let mut clients = HashMap::new();
-        for service in policy.services() {
-            let mut paths = settings.upstream_roots.clone();
-            paths.extend(service.tls_roots.iter().cloned());
-            let tls = connect::tls_config(roots(&paths)?).map_err(|e| BuildError::Roots {
-                path: String::new(),
-                message: e.to_string(),
-            })?;
-            let connector = connect::Connector::new(
-                resolver.clone(),
-                overrides.clone(),
-                service.allow_private_ips,
-                tls,
-                settings.limits.upstream_timeout,
-            );
-            clients.insert(service.name.clone(), connect::client(connector));
-        }
+        let clients = build_clients(&policy, &resolver, &overrides, None)?;
         Ok(Self {
-            limits: settings.limits.clone(),
+            limits: policy.settings().limits.clone(),
             tokens: oauth2::Tokens::new(secrets.clone()),
             metrics: metrics::EgressMetrics::default(),
-            policy,
+            limiter: limits::Limiter::new(),
+            active: std::sync::RwLock::new(Arc::new(Active {
+                policy,
+                generation: 1,
+                clients,
+            })),
+            resolver,
             secrets,
             audit,
-            clients,
             overrides,
         })
     }
 
-    /// The policy in force.
-    pub fn policy(&self) -> &PolicySet {
-        &self.policy
+    /// The generation in force now: requests that start from here on run under it.
+    pub fn active(&self) -> Arc<Active> {
+        self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<PolicySet> {
+        self.active().policy.clone()
+    }
+
+    /// Puts `policy` in force for every request that starts from now on; requests in flight
+    /// finish under the generation they started with. Clients of services whose connection
+    /// settings did not change are kept, with their pooled connections. Returns the new
+    /// generation.
+    ///
+    /// The caller checks that settings which cannot change live (listeners, secrets, limits,
+    /// identity) are unchanged; see [`crate::reload`].
+    pub fn swap(&self, policy: Arc<PolicySet>) -> Result<u64, BuildError> {
+        let old = self.active();
+        let clients = build_clients(&policy, &self.resolver, &self.overrides, Some(&old))?;
+        let mut active = self.active.write().unwrap_or_else(|e| e.into_inner());
+        let generation = active.generation + 1;
+        *active = Arc::new(Active {
+            policy,
+            generation,
+            clients,
+        });
+        Ok(generation)
     }
 
     /// The audit log.
@@ -216,6 +245,11 @@ impl Egress {
         &self.tokens
     }
 
+    /// The per-grant `rate` and `daily` counters (kept across policy reloads).
+    pub fn limiter(&self) -> &limits::Limiter {
+        &self.limiter
+    }
+
     /// Sends `req` to one of `service`'s OAuth2 endpoints (token, revocation) through the
     /// service's own client: its TLS roots, SSRF guard and `upstream_timeout`.
     pub async fn oauth2_exchange(
@@ -224,7 +258,8 @@ impl Egress {
         url: &Target,
         req: Request<Bytes>,
     ) -> Result<(StatusCode, Bytes), oauth2::TokenError> {
-        let client = self.clients.get(&service.name).ok_or_else(|| {
+        let active = self.active();
+        let client = active.clients.get(&service.name).ok_or_else(|| {
             oauth2::TokenError::Unreachable(format!("no client for service `{}`", service.name))
         })?;
         let endpoint = TokenEndpoint {
@@ -245,6 +280,8 @@ impl Egress {
         req: Request<BoxBody>,
     ) -> Result<Response<BoxBody>, EgressError> {
         let started = Instant::now();
+        // This request runs under the policy in force now, whatever reloads meanwhile.
+        let active = self.active();
         let (mut parts, body) = req.into_parts();
         let mut entry = Entry::new(Outcome::Deny, parts.method.as_str(), "", "");
         entry.invocation = call.invocation.map(str::to_owned);
@@ -274,7 +311,7 @@ impl Egress {
         }
 
         // 2. Decide.
-        let allow = match self
+        let allow = match active
             .policy
             .decide(call.principal, &call.client, &parts.method, &target)
         {
@@ -285,6 +322,10 @@ impl Egress {
         entry.grant = Some(allow.grant.id.clone());
         if self.audit.gate().is_err() {
             return Err(EgressError::AuditUnavailable);
+        }
+        // The grant's limits for this user, before any credential is touched.
+        if let Err(e) = self.limiter.take(call.principal, allow.grant) {
+            return Err(self.refuse(entry, started, e));
         }
 
         // 3. Clean (and refuse a body declared too large before any credential is rendered).
@@ -301,6 +342,13 @@ impl Egress {
 
         // The body is buffered when the form signs it, or when an OAuth2 401 may need it
         // sent again; otherwise it streams.
+        let upstream = Upstream {
+            service: allow.service,
+            client: active
+                .clients
+                .get(&allow.service.name)
+                .expect("a client is built for every service of this policy"),
+        };
         let form = allow.credential().and(allow.service.inject.as_ref());
         let replay_on_401 = matches!(form, Some(Inject::OAuth2(_))) && is_idempotent(&parts.method);
         let mut outgoing = if form.is_some_and(Inject::signs_body) || replay_on_401 {
@@ -328,7 +376,7 @@ impl Egress {
                     call,
                     &mut parts,
                     &mut target,
-                    allow.service,
+                    upstream,
                     &secret,
                     outgoing.payload(),
                     None,
@@ -364,10 +412,7 @@ impl Egress {
                 return Err(self.refuse(entry, started, EgressError::BadRequest(e.to_string())));
             }
         }
-        let client = self
-            .clients
-            .get(&allow.service.name)
-            .expect("a client is built for every service of this policy");
+        let client = upstream.client;
         // Kept only when a retry may need the head again.
         let retry_head = stored
             .as_ref()
@@ -394,7 +439,7 @@ impl Egress {
                     call,
                     &mut parts,
                     &mut target,
-                    allow.service,
+                    upstream,
                     secret,
                     payload,
                     refused.as_ref(),
@@ -448,9 +493,9 @@ impl Egress {
         // 9. Audit and count, when the response body has ended (with its size and outcome).
         entry.status = Some(resp_parts.status.as_u16());
         self.metrics
-            .latency(&self.policy, &entry.origin, started.elapsed());
+            .latency(&active.policy, &entry.origin, started.elapsed());
         let audit = self.audit.clone();
-        let (metrics, policy) = (self.metrics.clone(), self.policy.clone());
+        let (metrics, policy) = (self.metrics.clone(), active.policy.clone());
         let metered = body::Metered::new(
             resp_body,
             self.limits.max_response_body,
@@ -507,11 +552,12 @@ impl Egress {
         call: &Call<'_>,
         parts: &mut http::request::Parts,
         target: &mut Target,
-        service: &Service,
+        upstream: Upstream<'_>,
         stored: &Secret,
         payload: inject::Payload<'_>,
         rejected: Option<&Secret>,
     ) -> Result<Injected, EgressError> {
+        let service = upstream.service;
         let (Some(credential), Some(form)) = (&service.credential, &service.inject) else {
             return Ok(Injected::default());
         };
@@ -539,10 +585,7 @@ impl Egress {
             service: service.name.clone(),
         };
         let endpoint = TokenEndpoint {
-            client: self
-                .clients
-                .get(&service.name)
-                .expect("a client is built for every service of this policy"),
+            client: upstream.client,
             timeout: self.limits.upstream_timeout,
             origin: &oauth2.token_url.origin,
             service: &service.name,
@@ -643,6 +686,7 @@ impl Egress {
                 | EgressError::BadRequest(_)
                 | EgressError::TooLarge(_)
                 | EgressError::Refused { .. }
+                | EgressError::RateLimited { .. }
         ) {
             entry.decision = Outcome::Deny;
         } else if entry.decision == Outcome::Allow {
@@ -654,9 +698,10 @@ impl Egress {
         });
         entry.status = Some(err.status().as_u16());
         entry.duration_ms = started.elapsed().as_millis() as u64;
-        self.metrics.count(&self.policy, &entry);
+        let policy = self.policy();
+        self.metrics.count(&policy, &entry);
         self.metrics
-            .latency(&self.policy, &entry.origin, started.elapsed());
+            .latency(&policy, &entry.origin, started.elapsed());
         match self.audit.record(entry) {
             Ok(_) => err,
             Err(e) => {
@@ -831,6 +876,13 @@ fn copy_parts(parts: &http::request::Parts) -> http::request::Parts {
     copy
 }
 
+/// A service of the active generation and its client.
+#[derive(Clone, Copy)]
+struct Upstream<'a> {
+    service: &'a Service,
+    client: &'a connect::UpstreamClient,
+}
+
 /// The token endpoint of a service, reached through the service's own client.
 struct TokenEndpoint<'a> {
     client: &'a connect::UpstreamClient,
@@ -954,4 +1006,48 @@ where
         }
     }
     Ok(out.freeze())
+}
+
+/// One pooled client per service of `policy`, reusing `old`'s client for a service whose
+/// connection settings (TLS roots, SSRF guard) are unchanged.
+fn build_clients(
+    policy: &PolicySet,
+    resolver: &Arc<dyn Resolver>,
+    overrides: &Arc<HashMap<Origin, SocketAddr>>,
+    old: Option<&Active>,
+) -> Result<HashMap<ServiceName, connect::UpstreamClient>, BuildError> {
+    let settings = policy.settings();
+    let mut clients = HashMap::new();
+    for service in policy.services() {
+        let unchanged = old.and_then(|old| {
+            let before = old
+                .policy
+                .services()
+                .iter()
+                .find(|s| s.name == service.name)?;
+            let same = before.tls_roots == service.tls_roots
+                && before.allow_private_ips == service.allow_private_ips
+                && old.policy.settings().upstream_roots == settings.upstream_roots;
+            same.then(|| old.clients.get(&service.name).cloned())?
+        });
+        if let Some(client) = unchanged {
+            clients.insert(service.name.clone(), client);
+            continue;
+        }
+        let mut paths = settings.upstream_roots.clone();
+        paths.extend(service.tls_roots.iter().cloned());
+        let tls = connect::tls_config(roots(&paths)?).map_err(|e| BuildError::Roots {
+            path: String::new(),
+            message: e.to_string(),
+        })?;
+        let connector = connect::Connector::new(
+            resolver.clone(),
+            overrides.clone(),
+            service.allow_private_ips,
+            tls,
+            settings.limits.upstream_timeout,
+        );
+        clients.insert(service.name.clone(), connect::client(connector));
+    }
+    Ok(clients)
 }

@@ -7,8 +7,10 @@
 //! - [`decide`] answers "may this principal, through this client, make this request?" and
 //!   "may they invoke this tool?", with a trace for `behalf policy explain`.
 //! - [`testing`] runs `tests/*.toml` policy test cases.
+//! - [`diff`] compares two policy sets for a reviewer: who gains or loses which access.
 
 pub mod decide;
+pub mod diff;
 pub mod load;
 pub mod origin;
 pub mod path;
@@ -21,7 +23,7 @@ pub mod testing;
 pub(crate) mod units;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use decide::{Allow, Decision, Deny, Explanation, GrantCheck, ToolDecision, ToolDeny};
 pub use load::Sources;
@@ -70,6 +72,8 @@ pub struct PolicySet {
     wildcard: HashMap<Box<str>, Vec<(Scheme, u16, usize)>>,
     tenants: HashMap<TenantId, TenantPolicy>,
     warnings: Vec<Diagnostic>,
+    /// What relative paths in the files were resolved against (the policies dir's parent).
+    base: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -252,6 +256,7 @@ impl PolicySet {
             wildcard,
             tenants: tenant_map,
             warnings: diags.into_sorted(),
+            base: sources.base.clone(),
         })
     }
 
@@ -263,6 +268,12 @@ impl PolicySet {
     /// Warnings found while loading (the set is usable).
     pub fn warnings(&self) -> &[Diagnostic] {
         &self.warnings
+    }
+
+    /// The directory relative paths in the files were resolved against (the policies dir's
+    /// parent), so that two sets can compare the paths as written.
+    pub fn base(&self) -> &Path {
+        &self.base
     }
 
     /// All services, in load order.

@@ -14,7 +14,7 @@ use super::units;
 use crate::principal::TenantId;
 
 /// Validated server settings, with relative paths resolved.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// Development mode: the dev issuer, a generated master key and `--connect-to`.
     pub dev: bool,
@@ -37,7 +37,7 @@ pub struct Settings {
 }
 
 /// Where the front doors listen.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listen {
     /// The sidecar API.
@@ -89,7 +89,7 @@ pub enum IssuerTenants {
 }
 
 /// A trusted identity issuer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Issuer {
     /// Name used in logs.
     pub name: String,
@@ -146,7 +146,7 @@ pub enum Backend {
 }
 
 /// Secret store settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Secrets {
     /// Which backend.
     pub backend: Backend,
@@ -159,14 +159,14 @@ pub struct Secrets {
 }
 
 /// Audit log settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Audit {
     /// Rotate the log file past this size.
     pub rotate_bytes: u64,
 }
 
 /// Resource limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Wall-clock limit of one tool invocation.

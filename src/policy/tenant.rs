@@ -2,6 +2,7 @@
 //! them call which routes of which service through which clients.
 
 use std::fmt;
+use std::time::Duration;
 
 use http::Method;
 use serde::Deserialize;
@@ -176,6 +177,72 @@ impl fmt::Display for Route {
     }
 }
 
+/// A request rate written `N/s`, `N/min` or `N/h` (a grant's `rate`): at most `count`
+/// requests per `period`, in bursts of up to `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    count: u32,
+    unit: RateUnit,
+}
+
+/// The period a [`Rate`] is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RateUnit {
+    Second,
+    Minute,
+    Hour,
+}
+
+impl Rate {
+    /// The largest `N`: beyond it, the spacing of requests would fall below a microsecond.
+    pub const MAX_COUNT: u32 = 1_000_000;
+
+    /// Parses `N/s`, `N/min` or `N/h` with `1 <= N <= 1000000`, e.g. `"60/min"`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` must be N/s, N/min or N/h, e.g. \"60/min\"");
+        let (count, unit) = s.split_once('/').ok_or_else(bad)?;
+        let unit = match unit {
+            "s" => RateUnit::Second,
+            "min" => RateUnit::Minute,
+            "h" => RateUnit::Hour,
+            _ => return Err(bad()),
+        };
+        if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        match count.parse::<u32>() {
+            Ok(0) => Err(format!("`{s}`: N must be at least 1")),
+            Ok(count) if count <= Self::MAX_COUNT => Ok(Self { count, unit }),
+            _ => Err(format!("`{s}`: N must be at most {}", Self::MAX_COUNT)),
+        }
+    }
+
+    /// How many requests a period admits (also the largest burst).
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The period.
+    pub fn period(&self) -> Duration {
+        Duration::from_secs(match self.unit {
+            RateUnit::Second => 1,
+            RateUnit::Minute => 60,
+            RateUnit::Hour => 3600,
+        })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.unit {
+            RateUnit::Second => "s",
+            RateUnit::Minute => "min",
+            RateUnit::Hour => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
 /// A grant: who may, through which clients, call which routes of which service.
 #[derive(Debug, Clone)]
 pub struct Grant {
@@ -189,6 +256,10 @@ pub struct Grant {
     pub service: ServiceName,
     /// The allowed routes.
     pub allow: Vec<Route>,
+    /// `rate`: requests per period for each user of the grant, if limited.
+    pub rate: Option<Rate>,
+    /// `daily`: requests per UTC day for each user of the grant, if limited.
+    pub daily: Option<u32>,
     /// Where `[[grant]]` is written.
     pub at: Location,
 }
@@ -244,6 +315,8 @@ struct RawGrant {
     clients: Vec<Spanned<String>>,
     service: Spanned<String>,
     allow: Vec<Spanned<String>>,
+    rate: Option<Spanned<String>>,
+    daily: Option<Spanned<i64>>,
 }
 
 impl Tenant {
@@ -399,6 +472,34 @@ impl Tenant {
                 diags.error(entry_at.clone(), "`allow` must list at least one route");
                 ok = false;
             }
+            let rate = match raw.rate.as_ref().map(|r| (r, Rate::parse(r.get_ref()))) {
+                None => None,
+                Some((_, Ok(rate))) => Some(rate),
+                Some((r, Err(e))) => {
+                    diags.error(at(r.span()), format!("`rate` {e}"));
+                    ok = false;
+                    None
+                }
+            };
+            let daily = match &raw.daily {
+                None => None,
+                Some(d) => match u32::try_from(*d.get_ref()) {
+                    Ok(n) if n >= 1 => Some(n),
+                    _ => {
+                        diags.error(
+                            at(d.span()),
+                            format!(
+                                "`daily` {} must be a number of requests per UTC day, from 1 \
+                                 to {}",
+                                d.get_ref(),
+                                u32::MAX
+                            ),
+                        );
+                        ok = false;
+                        None
+                    }
+                },
+            };
             let service = match ServiceName::parse(raw.service.get_ref()) {
                 Ok(s) => s,
                 Err(e) => {
@@ -414,6 +515,8 @@ impl Tenant {
                 clients,
                 service,
                 allow,
+                rate,
+                daily,
                 at: entry_at,
             });
         }
@@ -428,5 +531,114 @@ impl Tenant {
             tool_refs,
             service_refs,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        let r = Rate::parse("60/min").unwrap();
+        assert_eq!((r.count(), r.period()), (60, Duration::from_secs(60)));
+        assert_eq!(r.to_string(), "60/min");
+        assert_eq!(Rate::parse("1/s").unwrap().period(), Duration::from_secs(1));
+        assert_eq!(
+            Rate::parse("5/h").unwrap().period(),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(Rate::parse("1000000/s").unwrap().count(), 1_000_000);
+        for bad in [
+            "60 per minute",
+            "60/m",
+            "60/sec",
+            "60/ min",
+            " 60/min",
+            "60/Min",
+            "/min",
+            "+5/min",
+            "-1/s",
+            "1.5/s",
+            "60",
+            "",
+        ] {
+            let e = Rate::parse(bad).unwrap_err();
+            assert!(e.contains("must be N/s, N/min or N/h"), "{bad:?}: {e}");
+        }
+        assert!(Rate::parse("0/s").unwrap_err().contains("at least 1"));
+        assert!(
+            Rate::parse("1000001/s")
+                .unwrap_err()
+                .contains("at most 1000000")
+        );
+        assert!(
+            Rate::parse("99999999999/s")
+                .unwrap_err()
+                .contains("at most")
+        );
+    }
+
+    fn parse(text: &str) -> Result<Tenant, Vec<String>> {
+        let file = SourceFile::new("tenants/acme.toml", text);
+        let mut diags = Diagnostics::default();
+        let tenant = Tenant::parse(&file, &mut diags);
+        let all: Vec<String> = diags
+            .into_sorted()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        match tenant {
+            Some(t) if all.is_empty() => Ok(t),
+            _ => Err(all),
+        }
+    }
+
+    const GRANT: &str = "[tenant]\nname = \"acme\"\n\n[[grant]]\nid = \"g\"\nwho = [\"*\"]\n\
+                         clients = [\"proxy\"]\nservice = \"github\"\nallow = [\"GET /**\"]\n";
+
+    #[test]
+    fn grant_limits_are_optional_and_parsed() {
+        let t = parse(GRANT).unwrap();
+        assert_eq!((t.grants[0].rate, t.grants[0].daily), (None, None));
+
+        let t = parse(&format!("{GRANT}rate = \"3/min\"\ndaily = 1000\n")).unwrap();
+        assert_eq!(t.grants[0].rate, Some(Rate::parse("3/min").unwrap()));
+        assert_eq!(t.grants[0].daily, Some(1000));
+    }
+
+    #[test]
+    fn bad_grant_limits_name_file_line_and_column() {
+        // Line 10 is the first line after GRANT.
+        let errors = parse(&format!("{GRANT}rate = \"60 per minute\"\n")).unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "tenants/acme.toml:10:8: error: `rate` `60 per minute` must be N/s, N/min or N/h, \
+              e.g. \"60/min\""
+            ]
+        );
+        let errors = parse(&format!("{GRANT}rate = \"0/h\"\ndaily = 0\n")).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("tenants/acme.toml:10:8: error: `rate` `0/h`: N must be"));
+        assert!(
+            errors[1].starts_with("tenants/acme.toml:11:9: error: `daily` 0 must be a number"),
+            "{errors:?}"
+        );
+        let errors = parse(&format!("{GRANT}daily = -3\n")).unwrap_err();
+        assert!(errors[0].starts_with("tenants/acme.toml:10:9: error: `daily` -3"));
+        let errors = parse(&format!("{GRANT}daily = 4294967296\n")).unwrap_err();
+        assert!(errors[0].contains("from 1 to 4294967295"), "{errors:?}");
+        // The wrong type is the TOML layer's error, still pointing at the value.
+        let errors = parse(&format!("{GRANT}rate = 60\n")).unwrap_err();
+        assert!(
+            errors[0].starts_with("tenants/acme.toml:10:8: error: "),
+            "{errors:?}"
+        );
+        let errors = parse(&format!("{GRANT}daily = \"1000\"\n")).unwrap_err();
+        assert!(
+            errors[0].starts_with("tenants/acme.toml:10:9: error: "),
+            "{errors:?}"
+        );
     }
 }

@@ -21,9 +21,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::audit::{Entry, Outcome};
+use crate::door::Door;
 use crate::egress::{BoxBody, Call, Egress, EgressError, Placeholders, body};
 use crate::identity::Verifier;
 use crate::policy::Client;
@@ -73,29 +74,11 @@ impl Proxy {
         max_connections: usize,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        let permits = Arc::new(Semaphore::new(max_connections));
+        let door = Door::new("proxy", max_connections);
         tokio::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                _ = &mut shutdown => return,
-                p = permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-            };
-            let (stream, _) = tokio::select! {
-                _ = &mut shutdown => return,
-                a = listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
+        while let Some((stream, permit)) = door.accept(&listener, &mut shutdown).await {
             let proxy = self.clone();
+            let draining = door.draining();
             tokio::spawn(async move {
                 // A CONNECT tunnel outlives this HTTP connection: it takes a share of the permit.
                 let permit = Arc::new(permit);
@@ -114,12 +97,22 @@ impl Proxy {
                     .max_headers(MAX_HEADERS)
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades();
-                if let Err(e) = conn.await {
+                tokio::pin!(conn);
+                let ended = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = draining => {
+                        // Shutting down: finish the request in progress, then close.
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = ended {
                     tracing::debug!(error = %e, "proxy connection ended with an error");
                 }
                 drop(permit);
             });
         }
+        door.drain().await;
     }
 
     /// Handles one request: authenticate it, then run it through the pipeline (or, for

@@ -205,6 +205,7 @@ fn to_wasi(e: &EgressError) -> (Option<&'static str>, HttpError) {
         EgressError::Denied(_) | EgressError::Refused { .. } => {
             (Some("egress_denied"), HttpError::HttpRequestDenied)
         }
+        EgressError::RateLimited { .. } => (Some("rate_limited"), HttpError::HttpRequestDenied),
         EgressError::BadRequest(_) => (Some("bad_request"), HttpError::HttpRequestDenied),
         EgressError::TooLarge(_) => (Some("bad_request"), HttpError::HttpRequestBodySize(None)),
         EgressError::UpstreamFailed(_) => (None, HttpError::DestinationUnavailable),

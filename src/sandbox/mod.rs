@@ -207,10 +207,30 @@ struct Tool {
     pre: CommandPre<Host>,
 }
 
+/// The installed tools of one generation: a reload builds a new set and swaps it in; an
+/// invocation keeps the set it started with.
+pub struct Toolset {
+    tools: BTreeMap<ToolName, Tool>,
+}
+
+impl Toolset {
+    /// The manifests, by name.
+    pub fn manifests(&self) -> impl Iterator<Item = &Manifest> {
+        self.tools.values().map(|t| &t.manifest)
+    }
+
+    /// Whether a tool of this name is installed.
+    pub fn contains(&self, name: &str) -> bool {
+        ToolName::parse(name).is_ok_and(|n| self.tools.contains_key(&n))
+    }
+}
+
 /// The tools, their engine and everything an invocation needs.
 pub struct Sandbox {
     engine: Engine,
-    tools: BTreeMap<ToolName, Tool>,
+    linker: Linker<Host>,
+    max_memory: u64,
+    tools: std::sync::RwLock<Arc<Toolset>>,
     egress: Arc<Egress>,
     state: StateRoot,
     tenants: Mutex<HashMap<TenantId, Arc<Semaphore>>>,
@@ -222,7 +242,14 @@ pub struct Sandbox {
 impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sandbox")
-            .field("tools", &self.tools.keys().collect::<Vec<_>>())
+            .field(
+                "tools",
+                &self
+                    .tools()
+                    .manifests()
+                    .map(|m| m.name.to_string())
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -272,83 +299,28 @@ impl Sandbox {
         progress: &mut dyn FnMut(ToolReady<'_>),
     ) -> Result<Self, SandboxError> {
         let settings = policy.settings();
-        let mut diags = Diagnostics::default();
-        let manifests = if settings.tools_dir.is_dir() {
-            manifest::read_all(&settings.tools_dir, &settings.limits, &mut diags)
-        } else {
-            Vec::new()
-        };
-        if diags.has_errors() {
-            return Err(LoadError {
-                diagnostics: diags.into_sorted(),
-            }
-            .into());
-        }
+        let manifests = read_manifests(policy)?;
         let max_memory = manifests
             .iter()
             .map(|m| m.limits.memory)
             .max()
-            .unwrap_or(settings.limits.tool_memory);
+            .unwrap_or(settings.limits.tool_memory)
+            .max(settings.limits.tool_memory);
         let engine = engine(max_memory)?;
         spawn_ticker(&engine);
 
         let mut linker: Linker<Host> = Linker::new(&engine);
-        let component_err = |m: &Manifest, message: String| SandboxError::Component {
-            tool: m.name.clone(),
-            path: m.component.display().to_string(),
-            message,
-        };
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| SandboxError::Engine(e.to_string()))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| SandboxError::Engine(e.to_string()))?;
-
         let cache = state.join("cache");
-        let mut tools = BTreeMap::new();
-        let count = manifests.len();
-        for (index, manifest) in manifests.into_iter().enumerate() {
-            let started = Instant::now();
-            let (component, cached) = load_component(&engine, &manifest.component, &cache)
-                .map_err(|e| component_err(&manifest, e))?;
-            let pre = linker
-                .instantiate_pre(&component)
-                .map_err(|e| component_err(&manifest, format!("cannot link: {e}")))?;
-            let pre = CommandPre::new(pre).map_err(|e| {
-                component_err(
-                    &manifest,
-                    format!(
-                        "not a wasi:cli/run command (build it as a binary for wasm32-wasip2): {e}"
-                    ),
-                )
-            })?;
-            let schema = jsonschema::validator_for(&manifest.input_schema)
-                .map_err(|e| component_err(&manifest, format!("input_schema: {e}")))?;
-            let elapsed = started.elapsed();
-            tracing::info!(
-                tool = %manifest.name,
-                cached,
-                ms = elapsed.as_millis() as u64,
-                "tool ready"
-            );
-            progress(ToolReady {
-                name: &manifest.name,
-                index,
-                count,
-                cached,
-                elapsed,
-            });
-            tools.insert(
-                manifest.name.clone(),
-                Tool {
-                    manifest,
-                    schema,
-                    pre,
-                },
-            );
-        }
+        let tools = build_tools(&engine, &linker, manifests, &cache, progress)?;
         Ok(Self {
             engine,
-            tools,
+            linker,
+            max_memory,
+            tools: std::sync::RwLock::new(Arc::new(tools)),
             egress,
             state: StateRoot::new(state.join("tool-state")),
             tenants: Mutex::default(),
@@ -358,9 +330,43 @@ impl Sandbox {
         })
     }
 
-    /// The installed tools' manifests, by name.
-    pub fn manifests(&self) -> impl Iterator<Item = &Manifest> {
-        self.tools.values().map(|t| &t.manifest)
+    /// Reads the manifests again and builds a new toolset (compiling only components that
+    /// are not in the cache), to be put in force with [`Sandbox::swap_tools`]. A manifest
+    /// asking for more memory than the engine was started with needs a restart.
+    pub fn load_tools(
+        &self,
+        policy: &PolicySet,
+        state: &StateDir,
+    ) -> Result<Toolset, SandboxError> {
+        let manifests = read_manifests(policy)?;
+        if let Some(m) = manifests.iter().find(|m| m.limits.memory > self.max_memory) {
+            return Err(SandboxError::Component {
+                tool: m.name.clone(),
+                path: m.component.display().to_string(),
+                message: format!(
+                    "its memory limit ({} bytes) is above what this process started with ({} \
+                     bytes); restart behalf to raise it",
+                    m.limits.memory, self.max_memory
+                ),
+            });
+        }
+        build_tools(
+            &self.engine,
+            &self.linker,
+            manifests,
+            &state.join("cache"),
+            &mut |_| {},
+        )
+    }
+
+    /// Puts `tools` in force for invocations that start from now on.
+    pub fn swap_tools(&self, tools: Toolset) {
+        *self.tools.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tools);
+    }
+
+    /// The toolset in force now.
+    pub fn tools(&self) -> Arc<Toolset> {
+        self.tools.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Instances running now.
@@ -368,14 +374,19 @@ impl Sandbox {
         self.in_use.load(Ordering::Relaxed)
     }
 
-    /// The tools `principal` may invoke.
-    pub fn allowed<'a>(&'a self, principal: &'a Principal) -> impl Iterator<Item = &'a Manifest> {
-        self.tools.values().map(|t| &t.manifest).filter(|m| {
-            matches!(
-                self.egress.policy().decide_tool(principal, &m.name),
-                ToolDecision::Allow(_)
-            )
-        })
+    /// The tools `principal` may invoke now.
+    pub fn allowed(&self, principal: &Principal) -> Vec<Manifest> {
+        let policy = self.egress.policy();
+        self.tools()
+            .manifests()
+            .filter(|m| {
+                matches!(
+                    policy.decide_tool(principal, &m.name),
+                    ToolDecision::Allow(_)
+                )
+            })
+            .cloned()
+            .collect()
     }
 
     /// Invokes `tool` for `principal` with `input` (the request body). Tool access is decided
@@ -468,7 +479,9 @@ impl Sandbox {
         if let ToolDecision::Deny(d) = self.egress.policy().decide_tool(principal, &name) {
             return (Err(ToolError::NotAllowed(d)), Vec::new(), Bytes::new());
         }
-        let Some(tool) = self.tools.get(&name) else {
+        // This invocation keeps the toolset it started with, whatever reloads meanwhile.
+        let tools = self.tools();
+        let Some(tool) = tools.tools.get(&name) else {
             return (
                 Err(ToolError::UnknownTool(name.to_string())),
                 Vec::new(),
@@ -814,6 +827,80 @@ fn log_stderr(tool: &ToolName, invocation: &str, log: &[u8], truncated: bool) {
 }
 
 /// Ticks the engine's epoch until the engine is dropped.
+/// The manifests under the policy's `tools_dir` (none if it does not exist).
+fn read_manifests(policy: &PolicySet) -> Result<Vec<Manifest>, SandboxError> {
+    let settings = policy.settings();
+    let mut diags = Diagnostics::default();
+    let manifests = if settings.tools_dir.is_dir() {
+        manifest::read_all(&settings.tools_dir, &settings.limits, &mut diags)
+    } else {
+        Vec::new()
+    };
+    if diags.has_errors() {
+        return Err(LoadError {
+            diagnostics: diags.into_sorted(),
+        }
+        .into());
+    }
+    Ok(manifests)
+}
+
+/// Compiles (or loads from `cache`) and pre-instantiates each tool.
+fn build_tools(
+    engine: &Engine,
+    linker: &Linker<Host>,
+    manifests: Vec<Manifest>,
+    cache: &Path,
+    progress: &mut dyn FnMut(ToolReady<'_>),
+) -> Result<Toolset, SandboxError> {
+    let component_err = |m: &Manifest, message: String| SandboxError::Component {
+        tool: m.name.clone(),
+        path: m.component.display().to_string(),
+        message,
+    };
+    let mut tools = BTreeMap::new();
+    let count = manifests.len();
+    for (index, manifest) in manifests.into_iter().enumerate() {
+        let started = Instant::now();
+        let (component, cached) = load_component(engine, &manifest.component, cache)
+            .map_err(|e| component_err(&manifest, e))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| component_err(&manifest, format!("cannot link: {e}")))?;
+        let pre = CommandPre::new(pre).map_err(|e| {
+            component_err(
+                &manifest,
+                format!("not a wasi:cli/run command (build it as a binary for wasm32-wasip2): {e}"),
+            )
+        })?;
+        let schema = jsonschema::validator_for(&manifest.input_schema)
+            .map_err(|e| component_err(&manifest, format!("input_schema: {e}")))?;
+        let elapsed = started.elapsed();
+        tracing::info!(
+            tool = %manifest.name,
+            cached,
+            ms = elapsed.as_millis() as u64,
+            "tool ready"
+        );
+        progress(ToolReady {
+            name: &manifest.name,
+            index,
+            count,
+            cached,
+            elapsed,
+        });
+        tools.insert(
+            manifest.name.clone(),
+            Tool {
+                manifest,
+                schema,
+                pre,
+            },
+        );
+    }
+    Ok(Toolset { tools })
+}
+
 fn spawn_ticker(engine: &Engine) {
     let weak = engine.weak();
     std::thread::Builder::new()

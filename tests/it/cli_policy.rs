@@ -1,4 +1,4 @@
-//! `behalf policy check|explain|test`, run as the real binary against the shipped example
+//! `behalf policy check|explain|test|diff`, run as the real binary against the shipped example
 //! policy set (`policies/`) and against broken copies of it in temporary directories.
 //!
 //! Exit codes (DESIGN.md "CLI"): 0 ok, 1 a negative answer (deny, failed policy test),
@@ -736,4 +736,195 @@ fn a_test_run_with_no_cases_is_not_a_pass() {
     let run = behalf_in(tmp.path(), &["policy", "test", "empty"]);
     run.expect_code(NEGATIVE);
     assert!(run.stderr.contains("no policy test cases"), "{run}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// policy diff
+
+/// A temp dir holding two copies of the shipped policies, `<tmp>/old` and `<tmp>/new`.
+fn old_and_new() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (old, new) = (tmp.path().join("old"), tmp.path().join("new"));
+    copy_dir(&crate_root().join("policies"), &old);
+    copy_dir(&crate_root().join("policies"), &new);
+    (tmp, old, new)
+}
+
+/// In NEW, eng-github trades `POST .../issues` for `POST .../pulls`.
+fn trade_a_route(new: &Path) {
+    edit(
+        &new.join("tenants/acme.toml"),
+        r#"allow = ["GET /repos/acme/**", "POST /repos/acme/*/issues", "GET /user"]"#,
+        r#"allow = ["GET /repos/acme/**", "POST /repos/acme/*/pulls", "GET /user"]"#,
+    );
+}
+
+#[test]
+fn diff_names_a_gained_and_a_lost_route_under_their_grant() {
+    let (tmp, _, new) = old_and_new();
+    trade_a_route(&new);
+    let run = behalf_in(tmp.path(), &["policy", "diff", "old", "new"]);
+    run.expect_code(NEGATIVE);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"tenant acme"), "{run}");
+    let grant = run.stdout_line_with(&["~ grant eng-github:", "→ github"]);
+    assert!(
+        grant.contains("group:engineering"),
+        "the header says who\n{run}"
+    );
+    let gained = run.stdout_line_with(&["+ route POST /repos/acme/*/pulls"]);
+    let lost = run.stdout_line_with(&["- route POST /repos/acme/*/issues"]);
+    for line in [gained, lost] {
+        assert!(
+            line.starts_with("      "),
+            "items sit under their grant\n{run}"
+        );
+    }
+    assert_eq!(
+        Run::last_line(&run.stdout),
+        "1 gain, 1 loss, 0 security-relevant changes",
+        "{run}"
+    );
+    assert!(error_lines(&run.stderr).is_empty(), "{run}");
+
+    // The other way round, the same route is gained and the other lost.
+    let run = behalf_in(tmp.path(), &["policy", "diff", "new", "old"]);
+    run.expect_code(NEGATIVE);
+    run.stdout_line_with(&["+ route POST /repos/acme/*/issues"]);
+    run.stdout_line_with(&["- route POST /repos/acme/*/pulls"]);
+}
+
+#[test]
+fn diff_of_identical_sets_exits_0_with_no_differences() {
+    let run = behalf(&["policy", "diff", "policies", "policies"]);
+    run.expect_code(OK);
+    assert_eq!(run.stdout, "no differences\n", "{run}");
+
+    let (tmp, _, _) = old_and_new();
+    let run = behalf_in(tmp.path(), &["policy", "diff", "old", "new"]);
+    run.expect_code(OK);
+    assert_eq!(run.stdout, "no differences\n", "{run}");
+}
+
+#[test]
+fn diff_marks_security_relevant_service_changes() {
+    let (tmp, _, new) = old_and_new();
+    let github = new.join("services/github.toml");
+    edit(
+        &github,
+        r#"origins = ["https://api.github.com"]"#,
+        "origins = [\"https://api.github.com\", \"https://uploads.github.com\"]\nallow_private_ips = true",
+    );
+    let run = behalf_in(tmp.path(), &["policy", "diff", "old", "new"]);
+    run.expect_code(NEGATIVE);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let section = lines
+        .iter()
+        .position(|l| *l == "service github")
+        .unwrap_or_else(|| panic!("no `service github` section\n{run}"));
+    let body = &lines[section + 1..];
+    assert!(
+        body.contains(&"  ! new origin https://uploads.github.com receives user:github_token"),
+        "{run}"
+    );
+    assert!(
+        body.contains(&"  ! allow_private_ips turned on (SSRF guard off)"),
+        "{run}"
+    );
+    assert_eq!(
+        Run::last_line(&run.stdout),
+        "0 gains, 0 losses, 2 security-relevant changes",
+        "{run}"
+    );
+}
+
+#[test]
+fn diff_with_a_broken_new_set_is_a_configuration_error_naming_the_place() {
+    let (tmp, _, new) = old_and_new();
+    trade_a_route(&new);
+    let github = new.join("services/github.toml");
+    edit(
+        &github,
+        "\"https://api.github.com\"",
+        "\"https://api.github.com/v3\"",
+    );
+    let at = locate(&github, "\"https://api.github.com/v3\"");
+    let run = behalf_in(tmp.path(), &["policy", "diff", "old", "new"]);
+    run.expect_code(CONFIG)
+        .stderr_has(&format!("new/services/github.toml:{at}: error: "))
+        .stderr_has("policy is invalid: 1 error");
+    assert!(run.stdout.is_empty(), "nothing is compared\n{run}");
+    assert!(!run.stderr.contains("old/"), "OLD is fine\n{run}");
+
+    // A missing OLD is a configuration error too, and a broken NEW is still reported.
+    let run = behalf_in(tmp.path(), &["policy", "diff", "no-such-dir", "new"]);
+    run.expect_code(CONFIG)
+        .stderr_has("no-such-dir")
+        .stderr_has("policies directory not found")
+        .stderr_has(&format!("new/services/github.toml:{at}: error: "));
+}
+
+#[test]
+fn diff_json_parses_and_agrees_with_the_text() {
+    let (tmp, _, new) = old_and_new();
+    trade_a_route(&new);
+    let run = behalf_in(tmp.path(), &["policy", "diff", "--json", "old", "new"]);
+    run.expect_code(NEGATIVE);
+    let json: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON: {e}\n{run}"));
+    assert_eq!(json["differences"], true, "{run}");
+    assert_eq!(
+        json["summary"],
+        serde_json::json!({"gains": 1, "losses": 1, "security": 0, "other": 0}),
+        "{run}"
+    );
+    let tenant = &json["tenants"][0];
+    assert_eq!(tenant["tenant"], "acme", "{run}");
+    let grant = &tenant["grants"][0];
+    assert_eq!(grant["id"], "eng-github", "{run}");
+    assert_eq!(grant["status"], "changed", "{run}");
+    let changes: Vec<(String, String, String)> = grant["changes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("changes is a list\n{run}"))
+        .iter()
+        .map(|c| {
+            (
+                c["kind"].as_str().unwrap_or_default().to_owned(),
+                c["class"].as_str().unwrap_or_default().to_owned(),
+                c["route"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let own = |kind: &str, class: &str, route: &str| {
+        (kind.to_owned(), class.to_owned(), route.to_owned())
+    };
+    assert_eq!(
+        changes,
+        [
+            own("route", "gain", "POST /repos/acme/*/pulls"),
+            own("route", "loss", "POST /repos/acme/*/issues"),
+        ],
+        "{run}"
+    );
+    assert_eq!(json["services"], serde_json::json!([]), "{run}");
+
+    let run = behalf_in(tmp.path(), &["policy", "diff", "--json", "old", "old"]);
+    run.expect_code(OK);
+    let json: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON: {e}\n{run}"));
+    assert_eq!(json["differences"], false, "{run}");
+}
+
+#[test]
+fn diff_is_listed_in_help_and_needs_two_dirs() {
+    let run = behalf(&["policy", "--help"]);
+    run.expect_code(OK).stdout_has("diff");
+    let run = behalf(&["policy", "diff", "--help"]);
+    run.expect_code(OK)
+        .stdout_has("OLD")
+        .stdout_has("NEW")
+        .stdout_has("--json");
+    let run = behalf(&["policy", "diff", "policies"]);
+    run.expect_code(USAGE);
+    assert!(run.stdout.is_empty(), "{run}");
 }
