@@ -9,7 +9,7 @@
 //!
 //! The story: tool calls through the API as alice, bob (acme) and carol (globex), each
 //! carrying only that user's (or tenant's) credential; carol denied acme's data with the
-//! reason; an OAuth2 credential exchanged, cached per user and refreshed after a 401 behind the
+//! reason; a policy file edited and reloaded while serving; an OAuth2 credential exchanged, cached per user and refreshed after a 401 behind the
 //! calendar tool's back; the hostile fixture failing at every escape and limit; the forward proxy used by a
 //! separate process (curl, when installed); the audit log verified.
 
@@ -269,6 +269,42 @@ pub async fn run() -> Result<bool, DemoError> {
         "carol posts to globex's Slack with the slack_post tool",
         status == 200 && got == format!("Bearer {}", SEEDS[4].1),
         "the API received globex's bot token (scope tenant), never acme's",
+    );
+
+    say(
+        "a live policy change",
+        "an operator edits a policy file while the sidecar serves; nothing restarts",
+    );
+    let post = r#"{"channel": "eng", "text": "deploy done"}"#;
+    let (before_status, _) = api.invoke(&bob, "slack_post", post).await;
+    let acme = policies.join("tenants").join("acme.toml");
+    let edited = std::fs::read_to_string(&acme).map_err(fail)?.replace(
+        "id = \"eng-slack\"\nwho = [\"group:engineering\"]",
+        "id = \"eng-slack\"\nwho = [\"user:alice\"]",
+    );
+    std::fs::write(&acme, edited).map_err(fail)?;
+    let reloader = sidecar.reloader.clone();
+    let reloaded = tokio::task::spawn_blocking(move || reloader.reload())
+        .await
+        .map_err(fail)?;
+    let before = mock.seen().len();
+    let (bob_status, body) = api.invoke(&bob, "slack_post", post).await;
+    let (alice_status, _) = api.invoke(&alice, "slack_post", post).await;
+    ok &= check(
+        "acme narrows its Slack grant from all engineers to alice alone",
+        before_status == 200
+            && reloaded == Ok(2)
+            && bob_status == 403
+            && alice_status == 200
+            && mock.seen().len() == before + 1,
+        &format!(
+            "reloaded as policy generation {}; bob's next post is refused ({}) and alice's \
+             goes through; requests already running would have finished under generation 1",
+            reloaded.as_ref().map_or(0, |g| *g),
+            body["denials"][0]["message"]
+                .as_str()
+                .unwrap_or("no denial")
+        ),
     );
 
     say(

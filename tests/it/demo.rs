@@ -37,6 +37,10 @@ fn the_demo_runs_end_to_end_and_every_expectation_holds() {
             "globex's bot token (scope tenant)",
         ),
         (
+            "✓ acme narrows its Slack grant from all engineers to alice alone",
+            "reloaded as policy generation 2; bob's next post is refused",
+        ),
+        (
             "✓ alice asks the calendar tool for her next events",
             "(1 exchange) and sent `Authorization: Bearer ya29.demo-ali…`",
         ),
