@@ -63,6 +63,7 @@ fn bench(c: &mut Criterion) {
             policies: repo().join("policies"),
             state: Some(tmp.path().join("state")),
             connect_to: Vec::new(),
+            shadow: None,
         })
         .expect("the shipped policies open")
     });

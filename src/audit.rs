@@ -165,6 +165,9 @@ pub struct Entry {
     pub scrubbed: u64,
     /// Dialled through a dev-mode `--connect-to` override (written as `override`).
     pub override_: bool,
+    /// Where a shadow policy set decided otherwise: `would_allow` (the active set denied) or
+    /// `would_deny` (the active set allowed); absent when they agree or there is no shadow.
+    pub shadow: Option<String>,
 }
 
 impl Entry {
@@ -192,6 +195,7 @@ impl Entry {
             bytes: 0,
             scrubbed: 0,
             override_: false,
+            shadow: None,
         }
     }
 }
@@ -238,6 +242,8 @@ pub struct Record {
     /// See [`Entry::override_`].
     #[serde(rename = "override")]
     pub override_: bool,
+    /// See [`Entry::shadow`]; absent from the line when `None`.
+    pub shadow: Option<String>,
     /// The previous record's mac; empty for the first record ever.
     pub prev: String,
     /// Hex HMAC-SHA256 over this record without `mac`.
@@ -267,6 +273,9 @@ struct Canonical<'a> {
     scrubbed: u64,
     #[serde(rename = "override")]
     override_: bool,
+    // Left out when absent, so records without it encode exactly as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow: Option<&'a str>,
     prev: &'a str,
 }
 
@@ -303,6 +312,7 @@ fn encode_line(
         bytes: entry.bytes,
         scrubbed: entry.scrubbed,
         override_: entry.override_,
+        shadow: entry.shadow.as_deref(),
         prev,
     };
     // Serialising a struct of strings, integers and bools into a Vec cannot fail.
@@ -1518,5 +1528,58 @@ mod tests {
         let (_tmp, state) = state();
         assert!(matches!(read_key(&state), Err(AuditError::NoKey { .. })));
         assert!(!state.join(KEY_FILE).exists());
+    }
+
+    #[test]
+    fn the_shadow_field_is_covered_by_the_mac_and_absent_lines_still_verify() {
+        // A line as written before `shadow` existed: no such key at all.
+        let old = concat!(
+            r#"{"seq":1,"ts":"t","invocation":null,"tenant":"acme","user":"alice","#,
+            r#""client":"proxy","method":"GET","origin":"https://api.github.com","#,
+            r#""path":"/user","decision":"allow","reason":null,"grant":"g","#,
+            r#""credential":null,"status":200,"duration":1,"bytes":2,"scrubbed":0,"#,
+            r#""override":false,"prev":""}"#
+        );
+        let mac = hex(hmac::sign(&key(), old.as_bytes()).as_ref());
+        let line = format!("{},\"mac\":\"{mac}\"}}", &old[..old.len() - 1]);
+        let record = decode_line(&key(), line.as_bytes()).unwrap();
+        assert_eq!(record.shadow, None);
+        // Encoding an entry without a shadow gives the same bytes as before.
+        let again = Entry {
+            tenant: Some("acme".into()),
+            user: Some("alice".into()),
+            client: Some("proxy".into()),
+            grant: Some("g".into()),
+            status: Some(200),
+            duration_ms: 1,
+            bytes: 2,
+            ..Entry::new(Outcome::Allow, "GET", "https://api.github.com", "/user")
+        };
+        let (encoded, _) = encode_line(&key(), 1, "t", "allow", &again, "");
+        assert_eq!(std::str::from_utf8(&encoded).unwrap(), format!("{line}\n"));
+
+        // With a shadow, the field sits right before `prev` and the mac covers it.
+        let shadowed = Entry {
+            shadow: Some("would_deny".into()),
+            ..again
+        };
+        let (encoded, _) = encode_line(&key(), 1, "t", "allow", &shadowed, "");
+        let text = std::str::from_utf8(&encoded).unwrap().trim_end();
+        assert!(
+            text.contains(r#""override":false,"shadow":"would_deny","prev":"""#),
+            "{text}"
+        );
+        let record = decode_line(&key(), text.as_bytes()).unwrap();
+        assert_eq!(record.shadow.as_deref(), Some("would_deny"));
+        let tampered = text.replace("would_deny", "would_allow");
+        assert_eq!(
+            decode_line(&key(), tampered.as_bytes()),
+            Err((Some(1), Problem::BadMac))
+        );
+        let removed = text.replace(r#""shadow":"would_deny","#, "");
+        assert_eq!(
+            decode_line(&key(), removed.as_bytes()),
+            Err((Some(1), Problem::BadMac))
+        );
     }
 }

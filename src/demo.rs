@@ -149,6 +149,7 @@ pub async fn run() -> Result<bool, DemoError> {
     let options = Options {
         policies: policies.clone(),
         state: Some(state_path.clone()),
+        shadow: None,
         connect_to: ORIGINS
             .iter()
             .map(|o| Ok((Origin::parse(o).map_err(fail)?, mock.addr)))

@@ -10,6 +10,9 @@
 //! - [`Reloader::watch`] polls a fingerprint (path, size, modification time) of every file
 //!   under the policies directory and the tools directory, and reloads when it changes;
 //!   `behalf serve` also reloads on SIGHUP.
+//! - A shadow policy set (`behalf serve --shadow DIR`) is loaded again after the active one
+//!   and watched with it. A shadow that does not load is reported like any reload error but
+//!   does not hold back the active set; the last good shadow stays beside it.
 //! - `behalf.toml` is not reloaded: listeners, identity, the secret backend, the state
 //!   directory and limits are fixed when behalf starts. A changed `behalf.toml` is a reload
 //!   error ("restart behalf to apply it"), and the running settings stay.
@@ -58,6 +61,8 @@ struct OutcomeLabel {
 /// Reloads one sidecar's policy and tools.
 pub struct Reloader {
     policies: PathBuf,
+    /// The shadow policy set's directory, if one is evaluated.
+    shadow: Option<PathBuf>,
     state: StateDir,
     egress: Arc<Egress>,
     sandbox: Arc<Sandbox>,
@@ -88,6 +93,7 @@ impl Reloader {
         generation.set(1);
         Self {
             policies,
+            shadow: None,
             state,
             egress,
             sandbox,
@@ -99,6 +105,12 @@ impl Reloader {
             reloads: Family::default(),
             generation,
         }
+    }
+
+    /// Also reloads (and watches) the shadow policy set in `shadow`.
+    pub fn with_shadow(mut self, shadow: Option<PathBuf>) -> Self {
+        self.shadow = shadow;
+        self
     }
 
     /// Registers the reload metrics.
@@ -128,6 +140,9 @@ impl Reloader {
     pub fn reload(&self) -> Result<u64, String> {
         let _one = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let result = self.try_reload();
+        // After the active set, and whatever became of it: a broken shadow never holds the
+        // active set back, and the last good shadow stays.
+        let shadow = self.try_reload_shadow();
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.last_attempt = Some(SystemTime::now());
         match &result {
@@ -151,7 +166,30 @@ impl Reloader {
                 }
             }
         }
+        if let Err(e) = shadow {
+            status.last_error = Some(match status.last_error.take() {
+                Some(active) => format!("{active}\n{e}"),
+                None => e.clone(),
+            });
+            self.reloads
+                .get_or_create(&OutcomeLabel { outcome: "failed" })
+                .inc();
+            for line in e.lines() {
+                tracing::error!("shadow reload refused, the last good shadow stays: {line}");
+            }
+        }
         result
+    }
+
+    /// Loads the shadow policy set again and puts it beside the active one. Its `behalf.toml`
+    /// is validated but not applied: the active settings are the ones in force.
+    fn try_reload_shadow(&self) -> Result<(), String> {
+        let Some(dir) = &self.shadow else {
+            return Ok(());
+        };
+        let shadow = PolicySet::load(dir).map_err(|e| format!("shadow: {e}"))?;
+        self.egress.set_shadow(Some(Arc::new(shadow)));
+        Ok(())
     }
 
     fn try_reload(&self) -> Result<u64, String> {
@@ -203,11 +241,14 @@ impl Reloader {
         }
     }
 
-    /// Path, size and modification time of every file under the policies and tools
+    /// Path, size and modification time of every file under the policies, shadow and tools
     /// directories, sorted.
     fn fingerprint(&self) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
         let mut out = Vec::new();
         walk(&self.policies, &mut out);
+        if let Some(shadow) = &self.shadow {
+            walk(shadow, &mut out);
+        }
         walk(&self.egress.policy().settings().tools_dir, &mut out);
         out.sort();
         out

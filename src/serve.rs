@@ -27,6 +27,9 @@ pub struct Options {
     pub state: Option<PathBuf>,
     /// `--connect-to ORIGIN=ADDR` (development mode only).
     pub connect_to: Vec<(Origin, SocketAddr)>,
+    /// `--shadow DIR`: a candidate policy set decided beside the active one, for the audit
+    /// record only. Its `behalf.toml` is validated but not applied: the active settings apply.
+    pub shadow: Option<PathBuf>,
 }
 
 /// Why the sidecar could not start. Each names what to fix.
@@ -127,6 +130,11 @@ impl Sidecar {
         for w in policy.warnings() {
             tracing::warn!("{w}");
         }
+        // Loaded and validated before anything is opened, like the active set.
+        let shadow = match &options.shadow {
+            Some(dir) => Some(Arc::new(PolicySet::load(dir)?)),
+            None => None,
+        };
         let settings = policy.settings();
         if !options.connect_to.is_empty() && !settings.dev {
             return Err(StartError::ConnectToNeedsDev);
@@ -146,18 +154,22 @@ impl Sidecar {
             resolver,
             overrides,
         )?);
+        egress.set_shadow(shadow);
         let sandbox = Arc::new(Sandbox::open_with_progress(
             &policy,
             egress.clone(),
             &state,
             progress,
         )?);
-        let reloader = Arc::new(Reloader::new(
-            options.policies.clone(),
-            state.clone(),
-            egress.clone(),
-            sandbox.clone(),
-        ));
+        let reloader = Arc::new(
+            Reloader::new(
+                options.policies.clone(),
+                state.clone(),
+                egress.clone(),
+                sandbox.clone(),
+            )
+            .with_shadow(options.shadow.clone()),
+        );
         let metrics = Arc::new(Metrics::new(egress.metrics(), &reloader));
         Ok(Self {
             policy,

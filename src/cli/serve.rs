@@ -1,7 +1,7 @@
 //! `behalf serve`: run the sidecar until interrupted.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
@@ -18,6 +18,12 @@ pub struct ServeArgs {
     /// (development mode only; audited as an override). Repeatable.
     #[arg(long = "connect-to", value_name = "ORIGIN=ADDR", value_parser = parse_connect_to)]
     connect_to: Vec<(Origin, SocketAddr)>,
+    /// Evaluate a candidate policy set beside the active one; where they differ the audit
+    /// record says `shadow: would_allow` or `would_deny`; it never changes an outcome, never
+    /// injects, never widens CONNECT; reloaded like the active set. Its behalf.toml is only
+    /// validated: the active settings apply.
+    #[arg(long, value_name = "DIR")]
+    shadow: Option<PathBuf>,
     /// Where the sidecar API listens (overrides `[listen] api`).
     #[arg(long, value_name = "ADDR")]
     api: Option<SocketAddr>,
@@ -46,6 +52,7 @@ async fn serve(args: ServeArgs, policies: &Path, state: Option<&Path>) -> u8 {
         policies: policies.to_owned(),
         state: state.map(Path::to_owned),
         connect_to: args.connect_to,
+        shadow: args.shadow,
     };
     let sidecar = match Sidecar::open(&options) {
         Ok(s) => s,
@@ -172,6 +179,12 @@ fn banner(sidecar: &Sidecar, api: SocketAddr, proxy: SocketAddr, options: &Optio
         eprintln!("  DEVELOPMENT MODE (dev = true): dev issuer, generated keys, --connect-to");
     }
     eprintln!("  policies      {policies}");
+    if let Some(shadow) = &options.shadow {
+        eprintln!(
+            "  shadow        {}  (audited where it differs)",
+            shadow.display()
+        );
+    }
     eprintln!("  state         {state}");
     eprintln!(
         "  API           http://{api}  (POST /v1/tools/{{tool}}/invoke, GET /v1/tools, /healthz, /metrics)"

@@ -126,6 +126,8 @@ pub struct Active {
 /// Everything the pipeline needs, passed explicitly (no globals).
 pub struct Egress {
     active: std::sync::RwLock<Arc<Active>>,
+    /// A candidate policy set decided beside the active one, for the audit record only.
+    shadow: std::sync::RwLock<Option<Arc<PolicySet>>>,
     resolver: Arc<dyn Resolver>,
     secrets: Arc<dyn SecretStore>,
     audit: AuditLog,
@@ -185,6 +187,7 @@ impl Egress {
                 generation: 1,
                 clients,
             })),
+            shadow: std::sync::RwLock::new(None),
             resolver,
             secrets,
             audit,
@@ -223,6 +226,26 @@ impl Egress {
             clients,
         });
         Ok(generation)
+    }
+
+    /// Puts `shadow` beside the active policy (or removes it) for requests that start from
+    /// now on.
+    ///
+    /// # Security
+    ///
+    /// The shadow set only decides: its answer is written to the audit record's `shadow`
+    /// field where it differs from the active set's. It never changes an outcome, never
+    /// resolves or injects a credential and is never consulted to admit a CONNECT tunnel.
+    pub fn set_shadow(&self, shadow: Option<Arc<PolicySet>>) {
+        *self.shadow.write().unwrap_or_else(|e| e.into_inner()) = shadow;
+    }
+
+    /// The shadow policy set, if one is set.
+    pub fn shadow(&self) -> Option<Arc<PolicySet>> {
+        self.shadow
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The audit log.
@@ -311,10 +334,20 @@ impl Egress {
         }
 
         // 2. Decide.
-        let allow = match active
+        let decision = active
             .policy
-            .decide(call.principal, &call.client, &parts.method, &target)
-        {
+            .decide(call.principal, &call.client, &parts.method, &target);
+        // A shadow set decides the same request for the audit record only: nothing else
+        // depends on its answer.
+        if let Some(shadow) = self.shadow() {
+            let would = shadow.decide(call.principal, &call.client, &parts.method, &target);
+            entry.shadow = match (&decision, would) {
+                (Decision::Deny(_), Decision::Allow(_)) => Some("would_allow".into()),
+                (Decision::Allow(_), Decision::Deny(_)) => Some("would_deny".into()),
+                _ => None,
+            };
+        }
+        let allow = match decision {
             Decision::Allow(a) => a,
             Decision::Deny(d) => return Err(self.refuse(entry, started, EgressError::Denied(d))),
         };

@@ -325,6 +325,7 @@ impl ApiHarness {
             policies,
             state: Some(state_path),
             connect_to: Vec::new(),
+            shadow: None,
         };
         let sidecar = Sidecar::open(&options).unwrap_or_else(|e| panic!("{e}"));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -486,6 +486,7 @@ impl Harness {
                 policies: policies.clone(),
                 state: Some(state_path),
                 connect_to,
+                shadow: None,
             };
             let sidecar = Sidecar::open_with_resolver(&options, resolver.clone())
                 .unwrap_or_else(|e| panic!("{e}"));
@@ -1649,6 +1650,7 @@ impl Harness {
             policies: self.policies.clone(),
             state: Some(self.state.path().to_owned()),
             connect_to: overrides,
+            shadow: None,
         };
         // Connection tasks and response bodies still held by the old pipeline release the
         // audit log's lock as they end.

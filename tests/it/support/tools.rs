@@ -223,6 +223,7 @@ impl ToolHarness {
             policies: policies.clone(),
             state: Some(state_path),
             connect_to,
+            shadow: None,
         };
         let sidecar = Sidecar::open_with_resolver(&options, Arc::new(TestResolver::default()))
             .unwrap_or_else(|e| panic!("{e}"));
