@@ -26,6 +26,12 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantServiceLabels {
+    tenant: String,
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
     service: String,
 }
@@ -42,6 +48,7 @@ pub struct EgressMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<ServiceLabel, Histogram>,
     exchanges: Family<ExchangeLabels, Counter>,
+    rate_limited: Family<TenantServiceLabels, Counter>,
 }
 
 impl Default for EgressMetrics {
@@ -52,6 +59,7 @@ impl Default for EgressMetrics {
                 Histogram::new(exponential_buckets(0.000_1, 2.0, 18))
             }),
             exchanges: Family::default(),
+            rate_limited: Family::default(),
         }
     }
 }
@@ -72,6 +80,11 @@ impl EgressMetrics {
             self.latency.clone(),
         );
         registry.register(
+            "rate_limited",
+            "Requests refused by a grant's rate or daily limit (429), by tenant and service",
+            self.rate_limited.clone(),
+        );
+        registry.register(
             "oauth2_token_exchanges",
             "Exchanges at OAuth2 token endpoints, by service and outcome (ok, rejected, failed)",
             self.exchanges.clone(),
@@ -80,14 +93,9 @@ impl EgressMetrics {
 
     /// Counts one request as its audit record describes it.
     pub(super) fn count(&self, policy: &PolicySet, entry: &Entry) {
-        let tenant = match &entry.tenant {
-            Some(t) if TenantId::parse(t).is_ok_and(|t| policy.tenant(&t).is_some()) => t.clone(),
-            Some(_) => "other".to_owned(),
-            None => "none".to_owned(),
-        };
         self.requests
             .get_or_create(&RequestLabels {
-                tenant,
+                tenant: tenant_label(policy, entry),
                 service: service_label(policy, &entry.origin),
                 decision: match entry.decision {
                     Outcome::Allow => "allow",
@@ -95,6 +103,16 @@ impl EgressMetrics {
                     _ => "error",
                 },
                 status: entry.status.unwrap_or(0),
+            })
+            .inc();
+    }
+
+    /// Counts one request refused by a rate or daily limit.
+    pub(super) fn rate_limited(&self, policy: &PolicySet, entry: &Entry) {
+        self.rate_limited
+            .get_or_create(&TenantServiceLabels {
+                tenant: tenant_label(policy, entry),
+                service: service_label(policy, &entry.origin),
             })
             .inc();
     }
@@ -116,6 +134,15 @@ impl EgressMetrics {
                 outcome,
             })
             .inc();
+    }
+}
+
+/// The entry's tenant if the policy names it, else `other` (or `none` before authentication).
+fn tenant_label(policy: &PolicySet, entry: &Entry) -> String {
+    match &entry.tenant {
+        Some(t) if TenantId::parse(t).is_ok_and(|t| policy.tenant(&t).is_some()) => t.clone(),
+        Some(_) => "other".to_owned(),
+        None => "none".to_owned(),
     }
 }
 

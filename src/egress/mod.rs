@@ -402,7 +402,19 @@ impl Egress {
         if let Some(credential) = form.and(allow.credential()) {
             let secret = match self.resolve(call.principal, credential) {
                 Ok(s) => s,
-                Err(e) => return Err(self.refuse(entry, started, e)),
+                Err(e) => {
+                    // A disabled or removed credential takes its cached OAuth2 token with it.
+                    if matches!(form, Some(Inject::OAuth2(_))) {
+                        self.tokens.forget(&oauth2::Key {
+                            id: SecretId::new(
+                                namespace(call.principal, credential),
+                                credential.name.clone(),
+                            ),
+                            service: allow.service.name.clone(),
+                        });
+                    }
+                    return Err(self.refuse(entry, started, e));
+                }
             };
             injected = match self
                 .inject(
@@ -733,6 +745,9 @@ impl Egress {
         entry.duration_ms = started.elapsed().as_millis() as u64;
         let policy = self.policy();
         self.metrics.count(&policy, &entry);
+        if matches!(err, EgressError::RateLimited { .. }) {
+            self.metrics.rate_limited(&policy, &entry);
+        }
         self.metrics
             .latency(&policy, &entry.origin, started.elapsed());
         match self.audit.record(entry) {

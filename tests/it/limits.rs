@@ -138,6 +138,18 @@ async fn a_users_fourth_request_in_a_minute_is_429_and_other_users_keep_theirs()
         assert_eq!(r.credential, None);
     }
     h.assert_audit_clean(&[]);
+
+    // Counted for /metrics, by tenant and service, never by user.
+    let mut registry = prometheus_client::registry::Registry::with_prefix("behalf");
+    h.egress.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == "behalf_rate_limited_total{tenant=\"acme\",service=\"github\"} 2"),
+        "{text}"
+    );
+    assert!(!text.contains("alice") && !text.contains("bob"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

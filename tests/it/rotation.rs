@@ -429,10 +429,10 @@ async fn a_disabled_oauth2_credential_is_refused_although_a_token_is_cached() {
     operator(&h, &["secret", "enable", id], None).await;
     let (status, body) = list_issues(&h, &h.alice).await;
     assert_ok(status, &body);
-    // Whether the cached token is reused or a new one fetched, it derives from the stored
+    // The refused call dropped the cached token: re-enabling exchanges anew, with the stored
     // credential.
     let tokens = api_tokens(&h);
-    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert_eq!(tokens, [issued(&provider, 2)], "a fresh token after re-enabling");
     assert!(
         exchanged_with(&provider)
             .iter()
