@@ -432,7 +432,11 @@ async fn a_disabled_oauth2_credential_is_refused_although_a_token_is_cached() {
     // The refused call dropped the cached token: re-enabling exchanges anew, with the stored
     // credential.
     let tokens = api_tokens(&h);
-    assert_eq!(tokens, [issued(&provider, 2)], "a fresh token after re-enabling");
+    assert_eq!(
+        tokens,
+        [issued(&provider, 2)],
+        "a fresh token after re-enabling"
+    );
     assert!(
         exchanged_with(&provider)
             .iter()
