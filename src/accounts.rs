@@ -185,7 +185,6 @@ impl ConnectError {
 }
 
 /// A started flow: where to send the user.
-#[derive(Debug)]
 pub struct Started {
     /// The service.
     pub service: ServiceName,
@@ -193,6 +192,16 @@ pub struct Started {
     pub authorize_url: String,
     /// How long the flow may take.
     pub expires_in: Duration,
+}
+
+impl std::fmt::Debug for Started {
+    /// Leaves out the URL: it carries the flow's single-use `state`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started")
+            .field("service", &self.service)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A completed flow.
