@@ -5,8 +5,9 @@
 # arrived, so every target is verified to really inject on every measured request.
 #
 #   bash benches/compare.sh
-#   DURATION=5s WARMUP=1s bash benches/compare.sh          # a quick run (~4 min)
+#   DURATION=5s WARMUP=1s bash benches/compare.sh          # a quick run (~5 min)
 #   TARGETS="direct behalf nginx haproxy" bash benches/compare.sh
+#   TARGETS=tools bash benches/compare.sh                    # tool invocations only
 #
 # Targets (plain HTTP, HTTP/1.1 keep-alive from the client; configs in benches/peers/):
 #   direct     the upstream itself, the client sends the header (the limit)
@@ -22,30 +23,47 @@
 #   behalf-tls     CONNECT upstream.bench:8443, behalf's interception CA, Authorization injected
 #   squid-tls      squid ssl_bump (peers/squid_bump.conf)
 #   mitmproxy-tls  mitmdump with the same addon, its own CA
+# and tool invocations (a fresh wasm instance per request), POST with a small JSON body:
+#   wasmtime-echo  `wasmtime serve` on fixtures/bench/http_echo (the echo tool as a wasi:http
+#                  proxy component: {"echo": <input>}), no authentication (the baseline)
+#   tool-echo      behalf's API, POST /v1/tools/echo/invoke with a dev token: authenticated,
+#                  audited, the `echo` tool (fixtures/tools/echo)
+#   tool-fetch     behalf's API, POST /v1/tools/weather/invoke: the `weather` tool makes ONE
+#                  GET https://api.weather.example/... through behalf's egress, which the policy
+#                  written here sends (--connect-to) to the HTTPS upstream with the credential
+#                  injected as Authorization: Bearer (the shipped weather service uses a query
+#                  parameter; the upstream only accepts the bearer header)
 #
 # Settings (environment):
 #   DURATION=10s   length of each measured run
 #   WARMUP=2s      unmeasured run against each target first (0 skips it)
-#   CONNS=50       keep-alive connections oha holds open
+#   CONNS=50       keep-alive connections oha holds open (proxy targets)
+#   TOOL_CONNS=16  the same for the tool targets; behalf's policy here allows exactly that many
+#                  concurrent invocations per tenant (tool_concurrency_per_tenant; 16 is the
+#                  shipped default), so every connection always has a slot
 #   ROUNDS=2       interleaved rounds per phase (every target once per round, in TARGETS order)
 #   RATE=auto      total req/s of the fixed-rate phase; auto = half of the lowest max-rate
 #                  throughput of any target, rounded down (a rate every target sustains);
-#                  0 skips the phase
-#   TARGETS=...    space-separated subset/order of the targets above (default: all eleven;
-#                  TARGETS=plain for the seven plain-HTTP ones, TARGETS=tls for the four HTTPS)
+#                  0 skips the phase (proxy targets)
+#   TOOL_RATE=auto the same for the tool targets, from the tool targets' max rates
+#   TARGETS=...    space-separated subset/order of the targets above (default: all fourteen;
+#                  TARGETS=plain for the seven plain-HTTP ones, TARGETS=tls for the four HTTPS,
+#                  TARGETS=tools for the three tool targets)
 #   RESULTS=DIR    raw oha JSON, configs, logs, meta.json (default target/bench-compare/<UTC ts>)
 #   OUT=FILE       the summary JSON (default benches/results/compare-<UTC ts>.json; not committed)
 #   INSTALL=1      apt-get install missing peers (nginx-light haproxy squid-openssl tinyproxy
-#                  mitmproxy; needs root) and `cargo install oha --locked` if oha is missing
+#                  mitmproxy; needs root), `cargo install oha --locked` if oha is missing and
+#                  `cargo install wasmtime-cli --version 48.0.8 --locked` if wasmtime is
+#                  missing (wasmtime-echo)
 #   BUILD=0        measure the binaries already in target/release instead of building
 #   KEEP=1         keep the throw-away work directory (path printed at the end)
 #
 # Measurement time: TARGETS x (WARMUP + ROUNDS x DURATION x 2 phases) plus start-up; with the
-# defaults 11 x (2 + 40) s ~ 8 min. Peak RSS is VmHWM summed over each target's processes (nginx:
+# defaults 14 x (2 + 40) s ~ 10 min. Peak RSS is VmHWM summed over each target's processes (nginx:
 # master and workers); CPU per request is the target's user+system time during its runs divided
 # by the requests answered (for direct-tls that is the HTTPS upstream's nginx; it is not counted
-# in the other -tls targets). tinyproxy closes every client connection after one answer, so oha
-# opens a new connection per request for it (--disable-keepalive).
+# in the other -tls targets, nor in tool-fetch). tinyproxy closes every client connection after
+# one answer, so oha opens a new connection per request for it (--disable-keepalive).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -57,9 +75,12 @@ WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-2}
 RATE=${RATE:-auto}
+TOOL_CONNS=${TOOL_CONNS:-16}
+TOOL_RATE=${TOOL_RATE:-auto}
 PLAIN_TARGETS="direct behalf nginx haproxy squid tinyproxy mitmproxy"
 TLS_TARGETS="direct-tls behalf-tls squid-tls mitmproxy-tls"
-TARGETS=${TARGETS:-$PLAIN_TARGETS $TLS_TARGETS}
+TOOL_TARGETS="wasmtime-echo tool-echo tool-fetch"
+TARGETS=${TARGETS:-$PLAIN_TARGETS $TLS_TARGETS $TOOL_TARGETS}
 RESULTS=${RESULTS:-$ROOT/target/bench-compare/$STAMP}
 OUT=${OUT:-$ROOT/benches/results/compare-$STAMP.json}
 INSTALL=${INSTALL:-1}
@@ -67,6 +88,7 @@ BUILD=${BUILD:-1}
 KEEP=${KEEP:-0}
 [[ $TARGETS == plain ]] && TARGETS=$PLAIN_TARGETS
 [[ $TARGETS == tls ]] && TARGETS=$TLS_TARGETS
+[[ $TARGETS == tools ]] && TARGETS=$TOOL_TARGETS
 read -r -a TARGET_LIST <<<"$TARGETS"
 
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH:/usr/sbin:/sbin"
@@ -76,19 +98,24 @@ die() {
     printf 'compare.sh: %s\n' "$*" >&2
     exit 1
 }
-wants_tls() {
-    local t
-    for t in "${TARGET_LIST[@]}"; do [[ $t == *-tls ]] && return 0; done
-    return 1
-}
 wants() {
     local t
     for t in "${TARGET_LIST[@]}"; do [[ $t == "$1" ]] && return 0; done
     return 1
 }
+# The HTTPS upstream: for the -tls targets and for tool-fetch (the tool calls an https origin).
+wants_tls() {
+    local t
+    for t in "${TARGET_LIST[@]}"; do [[ $t == *-tls ]] && return 0; done
+    wants tool-fetch
+}
+wants_behalf() { wants behalf || wants behalf-tls || wants tool-echo || wants tool-fetch; }
+is_tool() { [[ " $TOOL_TARGETS " == *" $1 "* ]]; }
+conns_of() { if is_tool "$1"; then echo "$TOOL_CONNS"; else echo "$CONNS"; fi; }
 for t in "${TARGET_LIST[@]}"; do
     case $t in direct | behalf | nginx | haproxy | squid | tinyproxy | mitmproxy) ;;
     direct-tls | behalf-tls | squid-tls | mitmproxy-tls) ;;
+    wasmtime-echo | tool-echo | tool-fetch) ;;
     *) die "unknown target $t" ;;
     esac
 done
@@ -128,6 +155,17 @@ if ! command -v oha >/dev/null; then
 fi
 OHA_VERSION=$(oha --version)
 oha --help | grep -q -- '--output-format' || die "$OHA_VERSION has no --output-format; upgrade oha"
+# The wasmtime behalf embeds (Cargo.toml: wasmtime 48), as a CLI.
+WASMTIME_VERSION=48.0.8
+HTTP_ECHO=$ROOT/fixtures/bench/http_echo/http_echo.wasm
+if wants wasmtime-echo; then
+    if ! command -v wasmtime >/dev/null; then
+        [[ $INSTALL == 1 ]] || die "wasmtime is missing (INSTALL=0)"
+        log "installing wasmtime (cargo install wasmtime-cli --version $WASMTIME_VERSION --locked)"
+        cargo install wasmtime-cli --version "$WASMTIME_VERSION" --locked
+    fi
+    [[ -f $HTTP_ECHO ]] || die "missing $HTTP_ECHO (fixtures/bench/http_echo/build.sh)"
+fi
 
 BEHALF=$ROOT/target/release/behalf
 UPSTREAM=$ROOT/target/release/examples/bench_upstream
@@ -167,8 +205,8 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 first_line() {
-    local file=$1 pid=$2 i
-    for i in $(seq 100); do
+    local file=$1 pid=$2
+    for _ in $(seq 100); do
         if [[ -s $file ]]; then
             head -n 1 "$file"
             return 0
@@ -184,8 +222,12 @@ POL=$WORK/policies
 STATE=$WORK/state
 mkdir -p "$POL/services" "$POL/tenants"
 ORIGIN=http://upstream.bench:8080
-cat >"$POL/behalf.toml" <<'EOF'
+cat >"$POL/behalf.toml" <<EOF
 dev = true
+tools_dir = "$ROOT/fixtures/tools"
+
+[limits]
+tool_concurrency_per_tenant = $TOOL_CONNS
 EOF
 cat >"$POL/services/upstream.toml" <<EOF
 [service]
@@ -202,6 +244,16 @@ cat >"$POL/services/upstream_tls.toml" <<EOF
 [service]
 name = "upstream_tls"
 origins = ["$TLS_ORIGIN"]
+credential = { name = "upstream_token", scope = "user" }
+inject = { header = "Authorization", template = "Bearer {credential}" }
+tls_roots = ["$TLS/upstream-ca.pem"]
+EOF
+# The origin the `weather` tool calls, sent to the HTTPS upstream with the same credential.
+WEATHER_ORIGIN=https://api.weather.example
+cat >"$POL/services/weather.toml" <<EOF
+[service]
+name = "weather"
+origins = ["$WEATHER_ORIGIN"]
 credential = { name = "upstream_token", scope = "user" }
 inject = { header = "Authorization", template = "Bearer {credential}" }
 tls_roots = ["$TLS/upstream-ca.pem"]
@@ -223,6 +275,17 @@ who = ["user:alice"]
 clients = ["proxy"]
 service = "upstream_tls"
 allow = ["GET /**"]
+
+[[tool_access]]
+who = ["user:alice"]
+tools = ["echo", "weather"]
+
+[[grant]]
+id = "bench-tool-fetch"
+who = ["user:alice"]
+clients = ["tool:weather"]
+service = "weather"
+allow = ["GET /data/2.5/weather"]
 EOF
 # Throw-away CAs: one for the HTTPS upstream (trusted by the proxies), one for squid's ssl_bump.
 new_ca() { # new_ca NAME CN
@@ -235,7 +298,7 @@ new_ca upstream-ca "bench upstream CA"
 new_ca bump-ca "bench squid bump CA"
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$TLS/upstream.key" \
     -out "$TLS/upstream.csr" -subj /CN=upstream.bench 2>/dev/null
-printf 'subjectAltName=DNS:upstream.bench,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >"$TLS/leaf.ext"
+printf 'subjectAltName=DNS:upstream.bench,DNS:api.weather.example,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >"$TLS/leaf.ext"
 openssl x509 -req -in "$TLS/upstream.csr" -CA "$TLS/upstream-ca.pem" -CAkey "$TLS/upstream-ca.key" \
     -CAcreateserial -days 2 -extfile "$TLS/leaf.ext" -out "$TLS/upstream.pem" 2>/dev/null
 chmod 644 "$TLS"/*
@@ -304,6 +367,13 @@ start_peer() {
         render squid_bump.conf "$dir" "$port"
         squid -N -f "$dir/squid_bump.conf" >"$dir/stdout" 2>"$dir/stderr" &
         ;;
+    wasmtime-echo)
+        # A fresh instance per request (the default for WASIp2 components, spelled out), as
+        # behalf runs each invocation; -S cli: Rust's std imports wasi:cli (environment, exit),
+        # which the bare proxy world does not provide (behalf's tools get it too).
+        wasmtime serve -S cli --max-instance-reuse-count 1 --addr "127.0.0.1:$port" "$HTTP_ECHO" \
+            >"$dir/stdout" 2>"$dir/stderr" &
+        ;;
     mitmproxy | mitmproxy-tls)
         cp "$ROOT/benches/peers/mitmproxy_addon.py" "$dir/" && cp "$dir/mitmproxy_addon.py" "$RESULTS/"
         BENCH_TOKEN=$SECRET BENCH_UPSTREAM=$UP_ADDR BENCH_UPSTREAM_TLS=$TLS_ADDR HOME=$dir \
@@ -330,29 +400,37 @@ if wants_tls; then
 fi
 
 log "starting behalf and the peers: ${TARGET_LIST[*]}"
-if wants behalf || wants behalf-tls; then
+BEHALF_PID=
+if wants_behalf; then
+    # One behalf process serves every behalf target: the forward proxy and the API.
     CONNECT_TO=(--connect-to "$ORIGIN=$UP_ADDR")
-    if [[ -n $TLS_ADDR ]]; then CONNECT_TO+=(--connect-to "$TLS_ORIGIN=$TLS_ADDR"); fi
-    "$BEHALF" --policies "$POL" --state "$STATE" serve --proxy 127.0.0.1:0 \
+    if [[ -n $TLS_ADDR ]]; then
+        CONNECT_TO+=(--connect-to "$TLS_ORIGIN=$TLS_ADDR" --connect-to "$WEATHER_ORIGIN=$TLS_ADDR")
+    fi
+    "$BEHALF" --policies "$POL" --state "$STATE" serve --api 127.0.0.1:0 --proxy 127.0.0.1:0 \
         "${CONNECT_TO[@]}" >"$WORK/behalf.out" 2>"$WORK/behalf.err" &
-    PID_OF[behalf]=$!
+    BEHALF_PID=$!
     PIDS+=("$!")
-    for _ in $(seq 100); do
+    for _ in $(seq 300); do # up to 30 s: the tools are compiled at start-up
         grep -q 'forward proxy http://' "$WORK/behalf.err" 2>/dev/null && break
-        kill -0 "${PID_OF[behalf]}" 2>/dev/null || die "behalf did not start: $(cat "$WORK/behalf.err")"
+        kill -0 "$BEHALF_PID" 2>/dev/null || die "behalf did not start: $(cat "$WORK/behalf.err")"
         sleep 0.1
     done
     ADDR_OF[behalf]=$(grep -o 'forward proxy http://[0-9.:]*' "$WORK/behalf.err" | head -n 1 | cut -d/ -f3)
     [[ -n ${ADDR_OF[behalf]} ]] || die "behalf did not announce its proxy address"
+    API_ADDR=$(grep -o 'API  *http://[0-9.:]*' "$WORK/behalf.err" | head -n 1 | cut -d/ -f3)
+    [[ -n $API_ADDR ]] || die "behalf did not announce its API address"
+    for t in behalf behalf-tls tool-echo tool-fetch; do PID_OF[$t]=$BEHALF_PID; done
 fi
 PID_OF[direct]=$UPSTREAM_PID
 ADDR_OF[direct]=$UP_ADDR
 if [[ -n $TLS_ADDR ]]; then
     PID_OF[direct-tls]=${PID_OF[tls-upstream]}
-    PID_OF[behalf-tls]=${PID_OF[behalf]}
 fi
 for t in "${TARGET_LIST[@]}"; do
-    case $t in direct | behalf | direct-tls | behalf-tls) ;; *) start_peer "$t" ;; esac
+    case $t in direct | behalf | direct-tls | behalf-tls | tool-echo | tool-fetch) ;;
+    *) start_peer "$t" ;;
+    esac
 done
 
 # The request each target is measured with (oha and curl take the same -x/-H forms).
@@ -380,13 +458,40 @@ URL_OF[squid-tls]=$TLS_URL
 ARGS_OF[squid-tls]="-x|http://${ADDR_OF[squid-tls]:-}|--cacert|$TLS/bump-ca.pem"
 URL_OF[mitmproxy-tls]=$TLS_URL
 ARGS_OF[mitmproxy-tls]="-x|http://${ADDR_OF[mitmproxy-tls]:-}|--cacert|$WORK/mitmproxy-tls/mitm/mitmproxy-ca-cert.pem"
+# Tool invocations: POST a JSON body (POSTJSON; the input) with the dev token (APITOKEN).
+ECHO_BODY='{"hello":"world"}'
+FETCH_BODY='{"q":"bench"}'
+URL_OF[wasmtime-echo]=http://${ADDR_OF[wasmtime-echo]:-}/
+ARGS_OF[wasmtime-echo]="POSTJSON|$ECHO_BODY"
+URL_OF[tool-echo]=http://${API_ADDR:-}/v1/tools/echo/invoke
+ARGS_OF[tool-echo]="APITOKEN|POSTJSON|$ECHO_BODY"
+URL_OF[tool-fetch]=http://${API_ADDR:-}/v1/tools/weather/invoke
+ARGS_OF[tool-fetch]="APITOKEN|POSTJSON|$FETCH_BODY"
+# The answer each tool target must give (compact JSON; behalf wraps the tool's output in
+# {"output", "invocation", "denials"}). tool-fetch: the upstream's 200, i.e. the credential arrived.
+declare -A EXPECT_OF=(
+    [wasmtime-echo]='.|{"echo":{"hello":"world"}}'
+    [tool-echo]='output|{"echo":{"hello":"world"}}'
+    [tool-fetch]='output.status|200'
+)
 
 # target_args TOOL TARGET: the client arguments for curl or oha, one per line.
 target_args() {
-    local tool=$1 t=$2 a
+    local tool=$1 t=$2 a post=0
     local IFS='|'
     for a in ${ARGS_OF[$t]:-}; do
-        if [[ $a == NOKEEPALIVE ]]; then
+        if [[ $post == 1 ]]; then # the body after POSTJSON
+            if [[ $tool == oha ]]; then
+                printf '%s\n' -m POST -T application/json -d "$a"
+            else
+                printf '%s\n' -H 'Content-Type: application/json' --data-raw "$a"
+            fi
+            post=0
+        elif [[ $a == POSTJSON ]]; then
+            post=1
+        elif [[ $a == APITOKEN ]]; then
+            printf '%s\n' -H "Authorization: Bearer $TOKEN"
+        elif [[ $a == NOKEEPALIVE ]]; then
             [[ $tool == oha ]] && printf '%s\n' --disable-keepalive
         elif [[ $a == PROXYAUTH ]]; then
             # On the CONNECT for HTTPS, in the proxied request for plain HTTP (curl and oha alike).
@@ -400,14 +505,28 @@ target_args() {
 
 # --- correctness first: every target is up and really injects --------------------------------------
 log "checking each target answers 200 (the upstream answers 401 without the credential)"
-probe() { # probe TARGET: the status code of one request through it
+probe() { # probe TARGET: the status code of one request through it (the body in WORK/probe-T)
     local t=$1 args
     mapfile -t args < <(target_args curl "$t")
-    curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "${args[@]}" 2>/dev/null || true
+    curl -sS -o "$WORK/probe-$t" -w '%{http_code}' --max-time 5 "${args[@]}" 2>/dev/null || true
+}
+# check_answer TARGET: the answer in WORK/probe-T has EXPECT_OF's value at EXPECT_OF's path.
+check_answer() {
+    local t=$1
+    [[ -z ${EXPECT_OF[$t]:-} ]] && return 0
+    python3 - "$WORK/probe-$t" "${EXPECT_OF[$t]%%|*}" "${EXPECT_OF[$t]#*|}" <<'EOF' ||
+import json, sys
+answer = json.load(open(sys.argv[1]))
+value = answer
+for key in [k for k in sys.argv[2].split(".") if k]:
+    value = value[key]
+sys.exit(0 if value == json.loads(sys.argv[3]) else 1)
+EOF
+        die "$t: expected ${EXPECT_OF[$t]#*|} at ${EXPECT_OF[$t]%%|*}, got: $(head -c 2000 "$WORK/probe-$t")"
 }
 direct_noauth=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "http://$UP_ADDR/bench") || true
 [[ $direct_noauth == 401 ]] || die "the upstream without a credential: expected 401, got $direct_noauth"
-printf '   %-12s %s\n' "no header" "401 (direct, no Authorization)" >&2
+printf '   %-13s %s\n' "no header" "401 (direct, no Authorization)" >&2
 for t in "${TARGET_LIST[@]}"; do
     code=000
     for _ in $(seq 100); do # peers start in the background: up to 10 s each
@@ -421,9 +540,16 @@ for t in "${TARGET_LIST[@]}"; do
         fi
         sleep 0.1
     done
-    [[ $code == 200 ]] || die "$t: expected 200, got $code: $(tail -n 20 "$WORK/$t/stderr" 2>/dev/null)"
-    printf '   %-12s %s\n' "$t" "$code" >&2
+    [[ $code == 200 ]] || die "$t: expected 200, got $code: $(cat "$WORK/probe-$t" 2>/dev/null) $(tail -n 20 "$WORK/$t/stderr" 2>/dev/null)"
+    check_answer "$t"
+    printf '   %-13s %s %s\n' "$t" "$code" "$(is_tool "$t" && head -c 200 "$WORK/probe-$t")" >&2
 done
+if wants tool-echo || wants tool-fetch; then
+    code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -H 'Content-Type: application/json' \
+        -d "$ECHO_BODY" "http://$API_ADDR/v1/tools/echo/invoke") || true
+    [[ $code == 401 ]] || die "behalf's API without a token: expected 401, got $code"
+    printf '   %-13s %s\n' "no token" "401 (behalf's API)" >&2
+fi
 
 # --- per-target accounting -------------------------------------------------------------------------
 # The target's processes: the one started and its children (nginx's workers).
@@ -458,7 +584,7 @@ oha_run() {
     mapfile -t args < <(target_args oha "$t")
     # --no-pre-lookup: upstream.bench only resolves inside the proxies. -w: requests in flight
     # at the deadline finish and count.
-    oha --no-tui --output-format json --no-pre-lookup -w -c "$CONNS" "$@" "${args[@]}" >"$out"
+    oha --no-tui --output-format json --no-pre-lookup -w -c "$(conns_of "$t")" "$@" "${args[@]}" >"$out"
 }
 # measure PHASE TARGET ROUND [extra oha args...]
 measure() {
@@ -489,28 +615,46 @@ if [[ $WARMUP != 0 ]]; then
     done
 fi
 
-log "max rate: $CONNS keep-alive connections, $DURATION per run, $ROUNDS interleaved rounds"
+log "max rate: $CONNS keep-alive connections ($TOOL_CONNS for tool targets), $DURATION per run, $ROUNDS interleaved rounds"
 for r in $(seq "$ROUNDS"); do
     for t in "${TARGET_LIST[@]}"; do
         measure max "$t" "$r"
     done
 done
 
-if [[ $RATE == auto ]]; then
-    RATE=$(python3 - "$RESULTS" <<'EOF'
-import glob, json, math, sys
-rps = [json.load(open(f))["summary"]["requestsPerSec"] for f in glob.glob(sys.argv[1] + "/max-*-*.json")]
+# auto_rate TARGET...: half of the lowest max-rate req/s of these targets, rounded down.
+auto_rate() {
+    python3 - "$RESULTS" "$@" <<'EOF'
+import json, math, os, re, sys
+targets = set(sys.argv[2:])
+rps = [json.load(open(os.path.join(sys.argv[1], f)))["summary"]["requestsPerSec"]
+       for f in os.listdir(sys.argv[1])
+       if (m := re.fullmatch(r"max-(.+)-\d+\.json", f)) and m.group(1) in targets]
 half = min(rps) / 2
 step = 10 ** max(0, int(math.log10(half)) - 1) if half >= 1 else 1
 print(max(1, int(half // step * step)))
 EOF
-)
-fi
-if [[ $RATE != 0 ]]; then
-    log "fixed rate: $RATE req/s total over $CONNS connections, latency-corrected, $DURATION per run"
+}
+# The proxy targets and the tool targets each get their own fixed rate (tool invocations are
+# far slower; one rate for both would leave the proxies nearly idle).
+PROXY_LIST=() TOOL_LIST=()
+for t in "${TARGET_LIST[@]}"; do
+    if is_tool "$t"; then TOOL_LIST+=("$t"); else PROXY_LIST+=("$t"); fi
+done
+((${#PROXY_LIST[@]})) || RATE=0
+((${#TOOL_LIST[@]})) || TOOL_RATE=0
+[[ $RATE == auto ]] && RATE=$(auto_rate "${PROXY_LIST[@]}")
+[[ $TOOL_RATE == auto ]] && TOOL_RATE=$(auto_rate "${TOOL_LIST[@]}")
+rate_of() { if is_tool "$1"; then echo "$TOOL_RATE"; else echo "$RATE"; fi; }
+if [[ $RATE != 0 || $TOOL_RATE != 0 ]]; then
+    rates=
+    [[ $RATE != 0 ]] && rates="$RATE req/s total over $CONNS connections, "
+    [[ $TOOL_RATE != 0 ]] && rates+="tool targets $TOOL_RATE req/s over $TOOL_CONNS, "
+    log "fixed rate: ${rates}latency-corrected, $DURATION per run"
     for r in $(seq "$ROUNDS"); do
         for t in "${TARGET_LIST[@]}"; do
-            measure fixed "$t" "$r" -q "$RATE" --latency-correction
+            [[ $(rate_of "$t") == 0 ]] && continue
+            measure fixed "$t" "$r" -q "$(rate_of "$t")" --latency-correction
         done
     done
 fi
@@ -525,25 +669,37 @@ UP_RSS=$(peak_rss_kb "$UPSTREAM_PID")
 VERIFY_OK=null
 BEHALF_STATUS=null
 AUDIT_DURING=0
-if [[ -n ${PID_OF[behalf]:-} ]]; then
+FETCH_STATUSES=null
+if [[ -n $BEHALF_PID ]]; then
     AUDIT_DURING=$(($(cat "$STATE"/audit/*.jsonl 2>/dev/null | wc -l) - AUDIT_BEFORE))
-    kill -INT "${PID_OF[behalf]}"
+    kill -INT "$BEHALF_PID"
     for _ in $(seq 100); do
-        kill -0 "${PID_OF[behalf]}" 2>/dev/null || break
+        kill -0 "$BEHALF_PID" 2>/dev/null || break
         sleep 0.1
     done
-    kill -TERM "${PID_OF[behalf]}" 2>/dev/null || true
+    kill -TERM "$BEHALF_PID" 2>/dev/null || true
     BEHALF_STATUS=0
-    wait "${PID_OF[behalf]}" || BEHALF_STATUS=$?
+    wait "$BEHALF_PID" || BEHALF_STATUS=$?
     if bh audit verify >"$RESULTS/audit-verify.txt" 2>&1; then VERIFY_OK=true; else VERIFY_OK=false; fi
     cp "$WORK/behalf.err" "$RESULTS/behalf.stderr"
+    # tool-fetch's API answer is 200 whatever the upstream said (the tool returns its status),
+    # so the upstream's answers come from the audit log: every call to the weather origin
+    # (probe, warm-up and load) by status; anything but 200 fails the report.
+    if wants tool-fetch; then
+        FETCH_STATUSES=$(cat "$STATE"/audit/*.jsonl | python3 -c '
+import collections, json, sys
+n = collections.Counter(str(r["status"]) for r in map(json.loads, sys.stdin)
+                        if r["origin"] == sys.argv[1] and r["decision"] != "start")
+print(json.dumps(dict(n)))' "$WEATHER_ORIGIN")
+    fi
 fi
 
 version() {
     case $1 in
     direct) echo "bench_upstream (examples/bench_upstream.rs)" ;;
     direct-tls) echo "$(nginx -v 2>&1 | head -n 1 | sed 's/^nginx version: //') (TLS) + bench_upstream" ;;
-    behalf | behalf-tls) echo "behalf $(git -C "$ROOT" describe --always --dirty 2>/dev/null)" ;;
+    behalf | behalf-tls | tool-echo | tool-fetch) echo "behalf $(git -C "$ROOT" describe --always --dirty 2>/dev/null)" ;;
+    wasmtime-echo) echo "$(wasmtime --version) serve, fixtures/bench/http_echo" ;;
     nginx) nginx -v 2>&1 | head -n 1 | sed 's/^nginx version: //' ;;
     squid-tls) squid -v | head -n 1 ;;
     mitmproxy-tls) mitmdump --version | head -n 1 ;;
@@ -563,6 +719,7 @@ version() {
     printf '  "oha": "%s",\n' "$OHA_VERSION"
     printf '  "duration": "%s", "warmup": "%s", "connections": %s, "rounds": %s, "fixed_rate": %s,\n' \
         "$DURATION" "$WARMUP" "$CONNS" "$ROUNDS" "$RATE"
+    printf '  "tool_connections": %s, "tool_fixed_rate": %s,\n' "$TOOL_CONNS" "$TOOL_RATE"
     printf '  "clock_ticks_per_s": %s,\n' "$TICKS"
     printf '  "targets": ['
     sep=
@@ -576,6 +733,7 @@ version() {
     printf '  "upstream_peak_rss_kib": %s,\n' "$UP_RSS"
     printf '  "behalf_audit_records_during_load": %s,\n' "$AUDIT_DURING"
     printf '  "behalf_audit_verify_ok": %s,\n' "$VERIFY_OK"
+    printf '  "tool_fetch_upstream_statuses": %s,\n' "$FETCH_STATUSES"
     printf '  "behalf_exit_status": %s\n' "$BEHALF_STATUS"
     printf '}\n'
 } >"$RESULTS/meta.json"

@@ -3,11 +3,15 @@
 (PHASE is `max` or `fixed`), cpu.tsv and meta.json. Prints each run, then per phase and target
 the mean over rounds of req/s, p50, p99, the share of 200 answers, the target's CPU per request
 and its peak RSS, with the ratios behalf/direct and behalf/each peer; writes it all as JSON.
+Each group of targets has its own baseline and behalf target (GROUPS): the plain-HTTP proxies
+direct and behalf, the HTTPS ones direct-tls and behalf-tls, the tool invocations wasmtime-echo
+and tool-echo.
 
     python3 benches/compare_report.py RESULTS_DIR [OUT.json]
 
 Exits non-zero if any measured request got anything but a 200 (the upstream answers 401 when
-the credential did not arrive) or behalf's audit chain did not verify.
+the credential did not arrive), if any upstream call of tool-fetch got anything but a 200 (from
+behalf's audit log, meta.json) or behalf's audit chain did not verify.
 """
 
 import csv
@@ -19,6 +23,19 @@ import sys
 from statistics import mean
 
 PHASES = {"max": "max rate", "fixed": "fixed rate"}
+# Per group of targets: (its baseline, its behalf target, the group's behalf targets).
+TOOL_TARGETS = {"wasmtime-echo", "tool-echo", "tool-fetch"}
+GROUPS = {
+    "plain": ("direct", "behalf", {"behalf"}),
+    "tls": ("direct-tls", "behalf-tls", {"behalf-tls"}),
+    "tools": ("wasmtime-echo", "tool-echo", {"tool-echo", "tool-fetch"}),
+}
+
+
+def group_of(target):
+    if target in TOOL_TARGETS:
+        return "tools"
+    return "tls" if target.endswith("-tls") else "plain"
 
 
 def load_runs(results, ticks_per_s):
@@ -111,6 +128,8 @@ def main():
                 {
                     "phase": phase,
                     "target": t,
+                    "group": group_of(t),
+                    "baseline": GROUPS[group_of(t)][0],
                     "rounds": len(rs),
                     "rps": mean(r["rps"] for r in rs),
                     "rps_per_round": [r["rps"] for r in sorted(rs, key=lambda r: r["round"])],
@@ -122,22 +141,24 @@ def main():
                     "status_401": sum(r["status_401"] for r in rs),
                     "non_200": sum(sum(r["other_codes"].values()) for r in rs),
                     "transport_errors": sum(sum(r["errors"].values()) for r in rs),
-                    # CPU of the target's own processes per answered request (direct: the upstream).
+                    # CPU of the target's own processes per answered request (direct: the upstream;
+                    # behalf's targets: the one behalf process).
                     "cpu_us_per_request": (sum(cpu) / ok * 1e6) if cpu and ok else None,
                     "peak_rss_mib": (rss[t] / 1024) if rss.get(t) else None,
                 }
             )
     for s in summary:
         same = {b["target"]: b for b in summary if b["phase"] == s["phase"]}
-        # HTTPS targets (NAME-tls) are compared with direct-tls and behalf-tls.
-        suffix = "-tls" if s["target"].endswith("-tls") else ""
-        direct = same.get("direct" + suffix)
-        behalf = same.get("behalf" + suffix)
-        if direct and s["target"] != "direct" + suffix:
+        # Each target against its group's baseline (x_direct: req/s over the baseline's) and its
+        # group's behalf target (direct, direct-tls, wasmtime-echo / behalf, behalf-tls, tool-echo).
+        base_name, behalf_name, behalf_targets = GROUPS[s["group"]]
+        direct = same.get(base_name)
+        behalf = same.get(behalf_name)
+        if direct and s["target"] != base_name:
             s["x_direct"] = s["rps"] / direct["rps"] if direct["rps"] else None
             s["added_p50_ms"] = s["p50_ms"] - direct["p50_ms"]
             s["added_p99_ms"] = s["p99_ms"] - direct["p99_ms"]
-        if behalf and s["target"] != "behalf" + suffix:
+        if behalf and s["target"] not in behalf_targets:
             # behalf / this target: > 1 means behalf does better (more req/s, lower p99).
             s["behalf_rps_ratio"] = behalf["rps"] / s["rps"] if s["rps"] else None
             s["behalf_p99_ratio"] = behalf["p99_ms"] / s["p99_ms"] if s["p99_ms"] else None
@@ -145,8 +166,9 @@ def main():
     print()
     print("Summary (mean over rounds). x direct = req/s against direct; behalf/T = behalf's req/s")
     print("over this target's (above 1: behalf is faster); +p99 = p99 minus direct's p99.")
-    print("HTTPS targets (-tls) against direct-tls and behalf-tls. RSS: peak over the whole run")
-    print("(behalf and behalf-tls are one process).")
+    print("HTTPS targets (-tls) against direct-tls and behalf-tls; tool targets against")
+    print("wasmtime-echo (as direct) and tool-echo (as behalf). RSS: peak over the whole run")
+    print("(behalf, behalf-tls, tool-echo and tool-fetch are one process).")
     row = "{:<10} {:<13} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7}"
     print(row.format("phase", "target", "req/s", "p50 ms", "p99 ms", "+p99 ms", "CPU µs", "RSS MiB",
                      "x direct", "behalf/T", "ok"))
@@ -173,6 +195,9 @@ def main():
     with open(os.path.join(results, "summary.md"), "w") as f:
         f.write("\n".join(md) + "\n")
 
+    fetch_statuses = meta.get("tool_fetch_upstream_statuses") or {}
+    fetch_failed = {c: n for c, n in fetch_statuses.items() if c != "200"}
+
     failed_runs = [r for r in runs if r["other_codes"]]
     if failed_runs:
         print()
@@ -195,7 +220,8 @@ def main():
         )
         print(
             f"Settings: {meta.get('connections')} keep-alive connections, {meta.get('duration')} per run, "
-            f"{meta.get('rounds')} rounds, fixed rate {meta.get('fixed_rate')} req/s"
+            f"{meta.get('rounds')} rounds, fixed rate {meta.get('fixed_rate')} req/s; tool targets: "
+            f"{meta.get('tool_connections')} connections, fixed rate {meta.get('tool_fixed_rate')} req/s"
         )
         print("Versions: " + "; ".join(f"{t['name']}: {t['version']}" for t in meta.get("targets", [])))
         if meta.get("behalf_audit_verify_ok") is not None:
@@ -205,13 +231,18 @@ def main():
                 f"exit status on SIGINT {meta.get('behalf_exit_status')}; "
                 f"upstream peak RSS {meta.get('upstream_peak_rss_kib', 0) / 1024:.1f} MiB"
             )
+        if fetch_statuses:
+            print(
+                "tool-fetch: the weather tool's upstream calls by status (audit log, probe and "
+                f"warm-up included): {json.dumps(fetch_statuses)}{'  FAILED' if fetch_failed else ''}"
+            )
     print(f"Raw oha JSON: {results}")
     print(f"Summary JSON: {out}")
 
     with open(out, "w") as f:
         json.dump({"meta": meta, "summary": summary, "runs": runs}, f, indent=2, default=str)
 
-    failed = bool(failed_runs) or meta.get("behalf_audit_verify_ok") is False
+    failed = bool(failed_runs) or bool(fetch_failed) or meta.get("behalf_audit_verify_ok") is False
     sys.exit(1 if failed else 0)
 
 

@@ -113,6 +113,9 @@ pub enum BuildError {
     },
 }
 
+/// How many response searchers (one per credential recently injected) are kept built.
+const SEARCHERS_KEPT: usize = 4096;
+
 /// One generation of the policy, with what is built from it. A request runs under the
 /// generation it started with, start to end.
 pub struct Active {
@@ -134,6 +137,7 @@ pub struct Egress {
     overrides: Arc<HashMap<Origin, SocketAddr>>,
     limits: Limits,
     tokens: oauth2::Tokens,
+    searchers: scrub::Searchers,
     metrics: metrics::EgressMetrics,
     limiter: limits::Limiter,
 }
@@ -180,6 +184,7 @@ impl Egress {
         Ok(Self {
             limits: policy.settings().limits.clone(),
             tokens: oauth2::Tokens::new(secrets.clone()),
+            searchers: scrub::Searchers::new(SEARCHERS_KEPT),
             metrics: metrics::EgressMetrics::default(),
             limiter: limits::Limiter::new(),
             active: std::sync::RwLock::new(Arc::new(Active {
@@ -526,6 +531,7 @@ impl Egress {
             body::boxed(resp_body),
             &injected,
             allow.service,
+            &self.searchers,
         ) {
             Ok(scrubbed) => scrubbed,
             Err(e) => {

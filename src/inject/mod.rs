@@ -54,6 +54,8 @@ pub enum Payload<'a> {
 pub struct Injected {
     forms: Vec<Zeroizing<Vec<u8>>>,
     raw: Option<Zeroizing<Vec<u8>>>,
+    /// Whether a form is new on every request (a signature), so the set is never seen again.
+    signed: bool,
 }
 
 impl std::fmt::Debug for Injected {
@@ -94,6 +96,12 @@ impl Injected {
     /// Whether nothing was injected.
     pub fn is_empty(&self) -> bool {
         self.forms.is_empty()
+    }
+
+    /// Whether some form is a per-request signature (SigV4, HMAC): the same set of forms will
+    /// not come again, so nothing derived from it is worth keeping.
+    pub fn is_signed(&self) -> bool {
+        self.signed
     }
 }
 
@@ -210,6 +218,7 @@ pub fn inject(
             )
             .map_err(|e| InjectError::Signing("aws_sigv4", e.to_string()))?;
             injected.raw = Some(Zeroizing::new(creds.secret_access_key.expose().to_vec()));
+            injected.signed = true;
             for form in forms {
                 injected.add(form.to_vec());
             }
@@ -229,6 +238,7 @@ pub fn inject(
             let headers = hmac::sign(hmac_form, &parts.method, &path_and_query, body, now, raw)?;
             if let Some((_, signature)) = headers.first() {
                 injected.add(signature.as_bytes());
+                injected.signed = true;
             }
             for (name, value) in headers {
                 parts.headers.insert(name, value);

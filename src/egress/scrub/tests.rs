@@ -445,7 +445,14 @@ fn a_secret_the_marker_could_spell_gets_a_marker_made_of_bytes_it_lacks() {
 async fn body_secret_is_scrubbed_and_counted() {
     let mut parts = parts_with(&[("content-length", "44")]);
     let body = full("{\"authorization\":\"Bearer tok-1\",\"q\":\"tok-1\"}");
-    let (body, n) = scrub_response(&mut parts, body, &bearer("tok-1"), &service(true)).unwrap();
+    let (body, n) = scrub_response(
+        &mut parts,
+        body,
+        &bearer("tok-1"),
+        &service(true),
+        &Searchers::new(8),
+    )
+    .unwrap();
     // The length changes, so it is no longer declared.
     assert!(parts.headers.get("content-length").is_none());
     assert_eq!(
@@ -470,8 +477,14 @@ async fn headers_and_reason_phrase_are_scrubbed() {
     parts
         .extensions
         .insert(ReasonPhrase::from_static(b"OK tok-1"));
-    let (_, n) =
-        scrub_response(&mut parts, body::empty(), &bearer("tok-1"), &service(true)).unwrap();
+    let (_, n) = scrub_response(
+        &mut parts,
+        body::empty(),
+        &bearer("tok-1"),
+        &service(true),
+        &Searchers::new(8),
+    )
+    .unwrap();
     let h = &parts.headers;
     assert_eq!(h.get("x-echo-authorization").unwrap(), M);
     let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
@@ -504,6 +517,7 @@ async fn encoded_response_is_refused() {
             full("\x1f gzip bytes"),
             &bearer("tok-1"),
             &service(true),
+            &Searchers::new(8),
         )
         .expect_err("refused");
         assert!(matches!(err, ScrubError::Encoded(_)));
@@ -512,9 +526,15 @@ async fn encoded_response_is_refused() {
     }
     // The quoted header is scrubbed too.
     let mut parts = parts_with(&[("content-encoding", "gzip, tok-1")]);
-    let err = scrub_response(&mut parts, full("x"), &bearer("tok-1"), &service(true))
-        .unwrap_err()
-        .to_string();
+    let err = scrub_response(
+        &mut parts,
+        full("x"),
+        &bearer("tok-1"),
+        &service(true),
+        &Searchers::new(8),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(!err.contains("tok-1") && err.contains(M), "{err}");
     // Identity and chunked are readable; an empty body has nothing to read.
     for (name, value) in [
@@ -523,11 +543,27 @@ async fn encoded_response_is_refused() {
         ("transfer-encoding", "chunked"),
     ] {
         let mut parts = parts_with(&[(name, value)]);
-        assert!(scrub_response(&mut parts, full("x"), &bearer("tok-1"), &service(true)).is_ok());
+        assert!(
+            scrub_response(
+                &mut parts,
+                full("x"),
+                &bearer("tok-1"),
+                &service(true),
+                &Searchers::new(8)
+            )
+            .is_ok()
+        );
     }
     let mut parts = parts_with(&[("content-encoding", "gzip")]);
     assert!(
-        scrub_response(&mut parts, body::empty(), &bearer("tok-1"), &service(true)).is_ok(),
+        scrub_response(
+            &mut parts,
+            body::empty(),
+            &bearer("tok-1"),
+            &service(true),
+            &Searchers::new(8)
+        )
+        .is_ok(),
         "HEAD, 204 and 304 carry no body"
     );
 }
@@ -540,8 +576,14 @@ async fn scrubbing_off_or_nothing_injected_passes_through() {
             ("content-length", "11"),
             ("x-echo", "tok-1"),
         ]);
-        let (body, n) =
-            scrub_response(&mut parts, full("tok-1 tok-1"), &injected, &service(scrub)).unwrap();
+        let (body, n) = scrub_response(
+            &mut parts,
+            full("tok-1 tok-1"),
+            &injected,
+            &service(scrub),
+            &Searchers::new(8),
+        )
+        .unwrap();
         assert_eq!(parts.headers.get("x-echo").unwrap(), "tok-1");
         assert_eq!(parts.headers.get("content-length").unwrap(), "11");
         assert_eq!(body.size_hint().exact(), Some(11));
@@ -554,7 +596,14 @@ async fn scrubbing_off_or_nothing_injected_passes_through() {
 async fn empty_body_keeps_its_content_length() {
     let mut parts = parts_with(&[("content-length", "1234")]);
     let empty = body::boxed(Empty::<Bytes>::new());
-    let (body, n) = scrub_response(&mut parts, empty, &bearer("tok-1"), &service(true)).unwrap();
+    let (body, n) = scrub_response(
+        &mut parts,
+        empty,
+        &bearer("tok-1"),
+        &service(true),
+        &Searchers::new(8),
+    )
+    .unwrap();
     assert_eq!(parts.headers.get("content-length").unwrap(), "1234");
     assert!(body.is_end_stream());
     assert_eq!(n.get(), 0);
@@ -564,7 +613,14 @@ async fn empty_body_keeps_its_content_length() {
 fn sse_events_flow_one_by_one() {
     let (tx, body) = channel();
     let mut parts = parts_with(&[("content-type", "text/event-stream")]);
-    let (mut body, n) = scrub_response(&mut parts, body, &bearer("tok-1"), &service(true)).unwrap();
+    let (mut body, n) = scrub_response(
+        &mut parts,
+        body,
+        &bearer("tok-1"),
+        &service(true),
+        &Searchers::new(8),
+    )
+    .unwrap();
     assert!(poll_once(&mut body).is_pending());
 
     send(&tx, "data: one\n\n");
@@ -601,7 +657,14 @@ fn sse_events_flow_one_by_one() {
 fn held_bytes_go_out_before_the_trailers_which_are_scrubbed() {
     let (tx, body) = channel();
     let mut parts = parts_with(&[]);
-    let (mut body, n) = scrub_response(&mut parts, body, &bearer("tok-1"), &service(true)).unwrap();
+    let (mut body, n) = scrub_response(
+        &mut parts,
+        body,
+        &bearer("tok-1"),
+        &service(true),
+        &Searchers::new(8),
+    )
+    .unwrap();
     send(&tx, "x tok-");
     let mut trailers = HeaderMap::new();
     trailers.insert("x-checksum", HeaderValue::from_static("tok-1"));
@@ -624,7 +687,14 @@ fn held_bytes_go_out_before_the_trailers_which_are_scrubbed() {
 fn a_failing_body_never_releases_a_held_partial_secret() {
     let (tx, body) = channel();
     let mut parts = parts_with(&[]);
-    let (mut body, _) = scrub_response(&mut parts, body, &bearer("tok-1"), &service(true)).unwrap();
+    let (mut body, _) = scrub_response(
+        &mut parts,
+        body,
+        &bearer("tok-1"),
+        &service(true),
+        &Searchers::new(8),
+    )
+    .unwrap();
     send(&tx, "abc tok-");
     tx.send(Err("reset".into())).unwrap();
     assert_eq!(ready_data(&mut body), "abc ");
@@ -636,8 +706,14 @@ fn a_failing_body_never_releases_a_held_partial_secret() {
 async fn count_is_final_when_the_metered_body_reports_its_end() {
     let (tx, body) = channel();
     let mut parts = parts_with(&[("x-echo", "tok-1")]);
-    let (body, counter) =
-        scrub_response(&mut parts, body, &bearer("tok-1"), &service(true)).unwrap();
+    let (body, counter) = scrub_response(
+        &mut parts,
+        body,
+        &bearer("tok-1"),
+        &service(true),
+        &Searchers::new(8),
+    )
+    .unwrap();
     let seen = Arc::new(Mutex::new(None));
     let metered = Metered::new(body, 1 << 20, Duration::from_secs(5), {
         let (seen, counter) = (seen.clone(), counter.clone());
@@ -665,6 +741,7 @@ async fn a_held_tail_survives_an_inner_body_that_ends_with_its_last_frame() {
         full("abc tok-"),
         &bearer("tok-1"),
         &service(true),
+        &Searchers::new(8),
     )
     .unwrap();
     assert_eq!(ready_data(&mut body), "abc ");
@@ -677,6 +754,7 @@ async fn a_held_tail_survives_an_inner_body_that_ends_with_its_last_frame() {
         full("abc tok-"),
         &bearer("tok-1"),
         &service(true),
+        &Searchers::new(8),
     )
     .unwrap();
     let ended = Arc::new(Mutex::new(None));
@@ -743,4 +821,50 @@ fn measure(p: &Arc<Patterns>, name: &str, input: Bytes) {
             assert!(mbps > 100.0, "{mbps:.0} MB/s");
         }
     }
+}
+
+#[test]
+fn a_searcher_is_built_once_per_credential_and_never_for_signatures() {
+    let searchers = Searchers::new(8);
+    let first = searchers.for_injected(&bearer("tok-1")).unwrap();
+    let again = searchers.for_injected(&bearer("tok-1")).unwrap();
+    assert!(
+        Arc::ptr_eq(&first, &again),
+        "the same credential reuses its searcher"
+    );
+    let other = searchers.for_injected(&bearer("tok-2")).unwrap();
+    assert!(!Arc::ptr_eq(&first, &other));
+    assert_eq!(
+        other.count(b"Bearer tok-2 tok-1"),
+        1,
+        "tok-2's searcher finds only tok-2"
+    );
+    assert_eq!(searchers.len(), 2);
+
+    use crate::policy::service::{HmacAlgorithm, HmacForm, SignatureEncoding, TimestampFormat};
+    let hmac = Inject::Hmac(HmacForm {
+        header: HeaderName::from_static("x-signature"),
+        algorithm: HmacAlgorithm::Sha256,
+        encoding: SignatureEncoding::Hex,
+        message: HmacForm::parse_message("{method} {path}").unwrap(),
+        prefix: String::new(),
+        timestamp_header: None,
+        timestamp: TimestampFormat::Unix,
+    });
+    let signed = injected_by(&hmac, "hmac-key");
+    assert!(signed.is_signed());
+    searchers.for_injected(&signed).unwrap();
+    assert_eq!(searchers.len(), 2, "a per-request signature is not kept");
+}
+
+#[test]
+fn the_searcher_cache_is_bounded() {
+    let searchers = Searchers::new(4);
+    for i in 0..100 {
+        let p = searchers
+            .for_injected(&bearer(&format!("tok-{i}")))
+            .unwrap();
+        assert_eq!(p.count(format!("x tok-{i} y").as_bytes()), 1);
+    }
+    assert!(searchers.len() <= 4, "{} kept", searchers.len());
 }
