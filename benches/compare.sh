@@ -57,6 +57,11 @@
 #                  missing (wasmtime-echo)
 #   BUILD=0        measure the binaries already in target/release instead of building
 #   KEEP=1         keep the throw-away work directory (path printed at the end)
+#   SOAK=10m       instead of the max-rate and fixed-rate phases: every target in TARGETS at
+#                  once, each at a fixed rate (SOAK_RATE=1000 req/s for proxy targets,
+#                  SOAK_TOOL_RATE=100 for tool targets), for this long, with behalf's RSS
+#                  sampled every SOAK_SAMPLE=10 seconds into soak-rss.tsv; prints start, peak
+#                  and end RSS. E.g. SOAK=10m TARGETS="behalf behalf-tls tool-echo tool-fetch"
 #
 # Measurement time: TARGETS x (WARMUP + ROUNDS x DURATION x 2 phases) plus start-up; with the
 # defaults 14 x (2 + 40) s ~ 10 min. Peak RSS is VmHWM summed over each target's processes (nginx:
@@ -77,6 +82,10 @@ ROUNDS=${ROUNDS:-2}
 RATE=${RATE:-auto}
 TOOL_CONNS=${TOOL_CONNS:-16}
 TOOL_RATE=${TOOL_RATE:-auto}
+SOAK=${SOAK:-0}
+SOAK_RATE=${SOAK_RATE:-1000}
+SOAK_TOOL_RATE=${SOAK_TOOL_RATE:-100}
+SOAK_SAMPLE=${SOAK_SAMPLE:-10}
 PLAIN_TARGETS="direct behalf nginx haproxy squid tinyproxy mitmproxy"
 TLS_TARGETS="direct-tls behalf-tls squid-tls mitmproxy-tls"
 TOOL_TARGETS="wasmtime-echo tool-echo tool-fetch"
@@ -544,6 +553,19 @@ for t in "${TARGET_LIST[@]}"; do
     check_answer "$t"
     printf '   %-13s %s %s\n' "$t" "$code" "$(is_tool "$t" && head -c 200 "$WORK/probe-$t")" >&2
 done
+if wants behalf; then
+    # A caller's own Authorization is replaced, not sent beside the injected one (the upstream
+    # answers 401 to two headers); no Proxy-Authorization is 407.
+    code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -x "http://${ADDR_OF[behalf]}" \
+        --proxy-header "Proxy-Authorization: Bearer $TOKEN" -H "Authorization: Bearer wrong" \
+        "${URL_OF[behalf]}") || true
+    [[ $code == 200 ]] || die "behalf with the caller's own Authorization: expected 200, got $code"
+    printf '   %-13s %s\n' "own header" "200 (behalf replaced the caller's Authorization)" >&2
+    code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -x "http://${ADDR_OF[behalf]}" \
+        "${URL_OF[behalf]}") || true
+    [[ $code == 407 ]] || die "behalf without Proxy-Authorization: expected 407, got $code"
+    printf '   %-13s %s\n' "no proxy auth" "407 (behalf)" >&2
+fi
 if wants tool-echo || wants tool-fetch; then
     code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -H 'Content-Type: application/json' \
         -d "$ECHO_BODY" "http://$API_ADDR/v1/tools/echo/invoke") || true
@@ -615,7 +637,33 @@ if [[ $WARMUP != 0 ]]; then
     done
 fi
 
-log "max rate: $CONNS keep-alive connections ($TOOL_CONNS for tool targets), $DURATION per run, $ROUNDS interleaved rounds"
+if [[ $SOAK != 0 ]]; then
+    [[ -n $BEHALF_PID ]] || die "SOAK needs a behalf target"
+    log "soak: ${TARGET_LIST[*]} at once for $SOAK ($SOAK_RATE req/s per proxy target, $SOAK_TOOL_RATE per tool target), behalf's RSS every ${SOAK_SAMPLE}s"
+    printf 'elapsed_s\trss_kib\n' >"$RESULTS/soak-rss.tsv"
+    SOAK_PIDS=()
+    for t in "${TARGET_LIST[@]}"; do
+        rate=$SOAK_RATE
+        is_tool "$t" && rate=$SOAK_TOOL_RATE
+        oha_run "$t" "$RESULTS/soak-$t-1.json" -z "$SOAK" -q "$rate" --latency-correction &
+        SOAK_PIDS+=("$!")
+    done
+    t0=$SECONDS
+    soaking() {
+        local pid
+        for pid in "${SOAK_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && return 0; done
+        return 1
+    }
+    while soaking; do
+        printf '%s\t%s\n' $((SECONDS - t0)) "$(awk '/^VmRSS/ {print $2}' "/proc/$BEHALF_PID/status")" \
+            >>"$RESULTS/soak-rss.tsv"
+        sleep "$SOAK_SAMPLE"
+    done
+    for pid in "${SOAK_PIDS[@]}"; do wait "$pid" || die "an oha run of the soak failed"; done
+    ROUNDS=0 RATE=0 TOOL_RATE=0
+fi
+
+((ROUNDS)) && log "max rate: $CONNS keep-alive connections ($TOOL_CONNS for tool targets), $DURATION per run, $ROUNDS interleaved rounds"
 for r in $(seq "$ROUNDS"); do
     for t in "${TARGET_LIST[@]}"; do
         measure max "$t" "$r"
@@ -641,8 +689,8 @@ PROXY_LIST=() TOOL_LIST=()
 for t in "${TARGET_LIST[@]}"; do
     if is_tool "$t"; then TOOL_LIST+=("$t"); else PROXY_LIST+=("$t"); fi
 done
-((${#PROXY_LIST[@]})) || RATE=0
-((${#TOOL_LIST[@]})) || TOOL_RATE=0
+((${#PROXY_LIST[@]} && ROUNDS)) || RATE=0
+((${#TOOL_LIST[@]} && ROUNDS)) || TOOL_RATE=0
 [[ $RATE == auto ]] && RATE=$(auto_rate "${PROXY_LIST[@]}")
 [[ $TOOL_RATE == auto ]] && TOOL_RATE=$(auto_rate "${TOOL_LIST[@]}")
 rate_of() { if is_tool "$1"; then echo "$TOOL_RATE"; else echo "$RATE"; fi; }
@@ -738,4 +786,8 @@ version() {
     printf '}\n'
 } >"$RESULTS/meta.json"
 
-python3 "$ROOT/benches/compare_report.py" "$RESULTS" "$OUT" | tee "$RESULTS/summary.txt"
+if [[ $SOAK != 0 ]]; then
+    python3 "$ROOT/benches/soak_report.py" "$RESULTS" "$OUT" | tee "$RESULTS/summary.txt"
+else
+    python3 "$ROOT/benches/compare_report.py" "$RESULTS" "$OUT" | tee "$RESULTS/summary.txt"
+fi
