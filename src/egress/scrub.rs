@@ -43,7 +43,7 @@ use crate::policy::Service;
 ///
 /// If a pattern is a substring of the marker or contains `[` or `]`, the marker could help
 /// form a pattern in the output, so a run of a byte that occurs in no pattern is used instead
-/// (see [`Patterns::build`]).
+/// (see [`Patterns::new`]).
 pub const MARKER: &str = "[REDACTED by behalf]";
 
 /// Bytes tried, in order, for the fallback marker; then any other visible ASCII or high byte.
@@ -325,39 +325,24 @@ impl Patterns {
             list.push(Zeroizing::new(std::mem::take(&mut *form).into_bytes()));
             list.push(percent_encode(raw));
         }
-        // Signed forms are new on every request: their searcher is built for one response.
-        let kind = injected
-            .is_signed()
-            .then_some(AhoCorasickKind::ContiguousNFA);
-        Self::build(list, kind)
-    }
-
-    /// [`Patterns::build`] with the automaton aho-corasick picks.
-    #[cfg(test)]
-    fn new(list: Vec<Zeroizing<Vec<u8>>>) -> Result<Self, ScrubError> {
-        Self::build(list, None)
+        Self::new(list)
     }
 
     /// Builds the searchers and picks the marker: [`MARKER`], unless a pattern could then
     /// appear in the output (it contains `[` or `]`, or is part of the marker), in which case
     /// a run of a byte that occurs in no pattern, so no output can contain a pattern.
-    ///
-    /// `kind` is the automaton's (used for heads, and for bodies where SIMD is unavailable):
-    /// `None` lets aho-corasick pick (a DFA for a few patterns: slow to build, fast to search,
-    /// right for a searcher that is kept); a contiguous NFA builds in microseconds, for a
-    /// searcher used once.
-    fn build(
-        mut list: Vec<Zeroizing<Vec<u8>>>,
-        kind: Option<AhoCorasickKind>,
-    ) -> Result<Self, ScrubError> {
+    fn new(mut list: Vec<Zeroizing<Vec<u8>>>) -> Result<Self, ScrubError> {
         list.retain(|p| !p.is_empty());
         list.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         list.dedup();
         if list.is_empty() {
             return Err(ScrubError::Unscrubbable("it is empty"));
         }
+        // The automaton searches heads (and bodies where SIMD is unavailable). A contiguous
+        // NFA builds in microseconds and takes a few KiB; the DFA aho-corasick would pick
+        // takes ~40 KiB, too much for a searcher kept per credential.
         let ac = AhoCorasick::builder()
-            .kind(kind)
+            .kind(Some(AhoCorasickKind::ContiguousNFA))
             // Its prefilter picks "rare" bytes by a fixed table; in JSON bodies they are often
             // common, and the automaton alone measured twice as fast (benches/scrub.rs).
             .prefilter(false)

@@ -868,3 +868,11 @@ fn the_searcher_cache_is_bounded() {
     }
     assert!(searchers.len() <= 4, "{} kept", searchers.len());
 }
+
+#[test]
+fn a_kept_searcher_is_small() {
+    // Searchers::new keeps thousands: each must stay a few KiB (a DFA here would be ~40 KiB).
+    let p = Patterns::from_injected(&bearer("0123456789abcdef0123456789abcdef0123456789")).unwrap();
+    let bytes = p.ac.memory_usage() + p.packed.as_ref().map_or(0, |s| s.memory_usage());
+    assert!(bytes < 16 * 1024, "{bytes} bytes");
+}
