@@ -21,7 +21,9 @@ pub mod connect;
 mod error;
 pub mod limits;
 pub mod metrics;
-mod normalise;
+// Public only for the fuzz targets in `fuzz/`; not part of the supported API.
+#[doc(hidden)]
+pub mod normalise;
 pub mod scrub;
 
 use std::collections::HashMap;

@@ -212,14 +212,20 @@ impl OriginPattern {
             return Origin::from_parts(scheme, authority).map(Self::Exact);
         }
         let (host, port) = split_authority(authority)?;
+        let wildcard = || OriginError::Wildcard(host.to_owned());
         let parent = host
             .strip_prefix("*.")
-            // A wildcard directly under a top-level domain (`*.com`) is never what anyone means.
-            .filter(|p| !p.contains('*') && p.contains('.'))
-            .ok_or_else(|| OriginError::Wildcard(host.to_owned()))?;
+            .filter(|p| !p.contains('*'))
+            .ok_or_else(wildcard)?;
+        let parent = Host::parse(parent)?;
+        // A wildcard directly under a top-level domain (`*.com`) is never what anyone means.
+        // Checked on the normalised host: a trailing dot (`*.com.`) must not hide one.
+        if !parent.as_str().contains('.') {
+            return Err(wildcard());
+        }
         Ok(Self::Wildcard {
             scheme,
-            parent: Host::parse(parent)?,
+            parent,
             port: port.unwrap_or(scheme.default_port()),
         })
     }

@@ -10,6 +10,9 @@
 pub mod ca;
 mod tunnel;
 
+#[doc(hidden)]
+pub use self::tunnel::connect_origin;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,34 +179,42 @@ impl Proxy {
         &self,
         headers: &http::HeaderMap,
     ) -> Result<(Principal, std::time::SystemTime), String> {
-        let mut values = headers.get_all(header::PROXY_AUTHORIZATION).iter();
-        let (Some(value), None) = (values.next(), values.next()) else {
-            return Err("expected exactly one Proxy-Authorization header".into());
-        };
-        let value = value
-            .to_str()
-            .map_err(|_| "Proxy-Authorization is not ASCII".to_owned())?;
-        let (scheme, rest) = value
-            .split_once(' ')
-            .ok_or_else(|| "Proxy-Authorization has no scheme".to_owned())?;
-        let token = if scheme.eq_ignore_ascii_case("bearer") {
-            rest.trim().to_owned()
-        } else if scheme.eq_ignore_ascii_case("basic") {
-            let decoded = STANDARD
-                .decode(rest.trim())
-                .map_err(|_| "Basic credentials are not base64".to_owned())?;
-            let decoded = String::from_utf8(decoded)
-                .map_err(|_| "Basic credentials are not UTF-8".to_owned())?;
-            let (_, password) = decoded
-                .split_once(':')
-                .ok_or_else(|| "Basic credentials have no password".to_owned())?;
-            password.to_owned()
-        } else {
-            return Err(format!("unsupported Proxy-Authorization scheme `{scheme}`"));
-        };
+        let token = proxy_token(headers)?;
         self.verifier
             .verify_expiring(&token)
             .await
             .map_err(|r| r.to_string())
     }
+}
+
+/// The identity token in a request's one `Proxy-Authorization` header (Bearer, or Basic with
+/// the token as password); nothing is verified. Public only for the fuzz targets in `fuzz/`.
+#[doc(hidden)]
+pub fn proxy_token(headers: &http::HeaderMap) -> Result<String, String> {
+    let mut values = headers.get_all(header::PROXY_AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err("expected exactly one Proxy-Authorization header".into());
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| "Proxy-Authorization is not ASCII".to_owned())?;
+    let (scheme, rest) = value
+        .split_once(' ')
+        .ok_or_else(|| "Proxy-Authorization has no scheme".to_owned())?;
+    let token = if scheme.eq_ignore_ascii_case("bearer") {
+        rest.trim().to_owned()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = STANDARD
+            .decode(rest.trim())
+            .map_err(|_| "Basic credentials are not base64".to_owned())?;
+        let decoded =
+            String::from_utf8(decoded).map_err(|_| "Basic credentials are not UTF-8".to_owned())?;
+        let (_, password) = decoded
+            .split_once(':')
+            .ok_or_else(|| "Basic credentials have no password".to_owned())?;
+        password.to_owned()
+    } else {
+        return Err(format!("unsupported Proxy-Authorization scheme `{scheme}`"));
+    };
+    Ok(token)
 }

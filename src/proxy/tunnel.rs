@@ -46,20 +46,9 @@ impl Proxy {
             }
             .to_response(true);
         };
-        let authority = req.uri().authority().cloned();
-        let origin = match authority.as_ref().filter(|a| a.port_u16().is_some()) {
-            Some(a) => Origin::from_parts(Scheme::Https, a.as_str()),
-            None => {
-                let e = EgressError::BadRequest("CONNECT needs a `host:port` target".into());
-                return self.audit_connect(&principal, "", Err(e));
-            }
-        };
-        let origin = match origin {
+        let origin = match connect_origin(req.uri()) {
             Ok(o) => o,
-            Err(e) => {
-                let e = EgressError::BadRequest(format!("bad CONNECT target: {e}"));
-                return self.audit_connect(&principal, "", Err(e));
-            }
+            Err(e) => return self.audit_connect(&principal, "", Err(e)),
         };
         let decision = self
             .egress
@@ -230,4 +219,18 @@ impl Proxy {
             Err(e) => e.to_response(true),
         }
     }
+}
+
+/// The origin a CONNECT names: its `host:port` target, always https. Public only for the fuzz
+/// targets in `fuzz/`.
+#[doc(hidden)]
+pub fn connect_origin(uri: &http::Uri) -> Result<Origin, EgressError> {
+    let authority = uri.authority().filter(|a| a.port_u16().is_some());
+    let Some(authority) = authority else {
+        return Err(EgressError::BadRequest(
+            "CONNECT needs a `host:port` target".into(),
+        ));
+    };
+    Origin::from_parts(Scheme::Https, authority.as_str())
+        .map_err(|e| EgressError::BadRequest(format!("bad CONNECT target: {e}")))
 }

@@ -379,9 +379,39 @@ impl FileStore {
         }
     }
 
+    /// The store's path holds something else: a directory (as a volume mount of a missing
+    /// file leaves), a FIFO or a device.
+    fn not_a_file(&self, meta: &fs::Metadata) -> SecretError {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        let what = if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_block_device() || t.is_char_device() {
+            "a device"
+        } else {
+            "something else"
+        };
+        self.corrupt(format!(
+            "it is {what}, not a regular file: move it aside, then restore {STORE_FILE} from \
+             backup, or leave the path free to start an empty store (`behalf secret set` \
+             creates it)"
+        ))
+    }
+
     /// Reads and checks the file from disk (the key check, every record's fields); decrypts
     /// no value.
     fn read(&self) -> Result<Snapshot, SecretError> {
+        // Looked at before opening: opening a FIFO would block (and hang startup).
+        match fs::metadata(&self.path) {
+            Ok(m) if !m.is_file() => return Err(self.not_a_file(&m)),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Snapshot::default()),
+            Err(e) => return Err(SecretError::io(&self.path)(e)),
+        }
         let mut file = match File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Snapshot::default()),
@@ -389,7 +419,7 @@ impl FileStore {
         };
         let meta = file.metadata().map_err(SecretError::io(&self.path))?;
         if !meta.is_file() {
-            return Err(self.corrupt("not a regular file"));
+            return Err(self.not_a_file(&meta));
         }
         let mut bytes = Vec::with_capacity(meta.len().try_into().unwrap_or(0));
         file.read_to_end(&mut bytes)

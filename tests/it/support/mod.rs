@@ -327,6 +327,9 @@ pub struct Config {
     pub before_open: Option<BeforeOpen>,
     /// The proxy's `max_connections` (1024 when `None`).
     pub max_connections: Option<usize>,
+    /// Text appended to behalf.toml after `[limits]`: whole tables of its own, e.g. an
+    /// `[[identity.issuer]]`.
+    pub settings_extra: String,
 }
 
 /// See [`Config::before_open`]: gets the state directory's path.
@@ -409,8 +412,9 @@ impl Harness {
             &policies.join("behalf.toml"),
             &format!(
                 "dev = true\nstate_dir = \"state\"\ntools_dir = \"tools\"\n\n[secrets]\n\
-                 backend = \"file\"\n\n[tls]\nupstream_roots = [{:?}]\n\n[limits]\n{limits}",
-                ca.pem_path.display().to_string()
+                 backend = \"file\"\n\n[tls]\nupstream_roots = [{:?}]\n\n[limits]\n{limits}\n{}",
+                ca.pem_path.display().to_string(),
+                config.settings_extra
             ),
         );
         for (name, text) in SERVICES {
@@ -1382,6 +1386,11 @@ impl ProxyConn {
 
     /// Sends a request on this connection and reads the whole response (10 s at most).
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Resp {
+        self.send_within(req, Duration::from_secs(10)).await
+    }
+
+    /// As [`ProxyConn::send`], waiting `limit` at most (for tests under heavy load).
+    pub async fn send_within(&mut self, req: Request<Full<Bytes>>, limit: Duration) -> Resp {
         let exchange = async {
             self.sender.ready().await.expect("proxy connection closed");
             let resp = self.sender.send_request(req).await.unwrap();
@@ -1393,9 +1402,9 @@ impl ProxyConn {
                 body,
             }
         };
-        tokio::time::timeout(Duration::from_secs(10), exchange)
+        tokio::time::timeout(limit, exchange)
             .await
-            .expect("no response from the proxy within 10 s")
+            .unwrap_or_else(|_| panic!("no response from the proxy within {limit:?}"))
     }
 
     /// Whether the proxy has closed this connection.
