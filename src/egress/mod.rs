@@ -116,7 +116,8 @@ pub enum BuildError {
 }
 
 /// How many response searchers (one per credential recently injected) are kept built: about
-/// 6 KiB each, so at most ~12 MiB; a credential beyond them pays a ~10 µs build per response.
+/// 6 KiB each (`a_kept_searcher_is_small`), so at most ~12 MiB; a credential beyond them pays a
+/// searcher build on its responses until it is kept again.
 const SEARCHERS_KEPT: usize = 2048;
 
 /// One generation of the policy, with what is built from it. A request runs under the

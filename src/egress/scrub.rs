@@ -252,10 +252,10 @@ fn scrub_headers(patterns: &Patterns, headers: &mut HeaderMap) -> u64 {
 /// build its own: building one (patterns, encodings, automaton) costs more than the rest of
 /// the pipeline does per request.
 ///
-/// Keyed by a SHA-256 of the injected forms, never the forms themselves; bounded (least
-/// recently and least often used go first), so a replaced credential's searcher simply ages
-/// out. Forms that carry a per-request signature are never seen twice: their searcher is
-/// built for the one response and not kept.
+/// Keyed by a SHA-256 of the injected forms, never the forms themselves; bounded
+/// (quick_cache's S3-FIFO: a searcher used once goes before one used often), so a replaced
+/// credential's searcher simply ages out. Forms that carry a per-request signature are never
+/// seen twice: their searcher is built for the one response and not kept.
 pub struct Searchers(quick_cache::sync::Cache<[u8; 32], Arc<Patterns>>);
 
 impl Searchers {
